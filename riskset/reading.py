@@ -1,0 +1,592 @@
+"""Reading: narrative text to findings, with a spaCy pipeline built from the rules in reader.yaml.
+
+The pipeline is a blank English tokenizer and four components registered as spaCy factories:
+
+- ``riskset_normalizer`` sets each token's NORM: lower case, accents folded, stretched letters
+  ("sooo") shrunk, and the spelling table applied, so rules match how people really type;
+- ``riskset_targets`` finds every mention a rule describes (substance aliases, routes, factors);
+- ``riskset_context`` gives each mention its status, ConText-style: negated, historical,
+  hypothetical or about someone else, by trigger words whose scope ends where the clause does;
+- ``riskset_findings`` turns mentions into findings: one per code and status, plus the findings
+  that follow from others (a camp means unhoused; a break and a return means tolerance loss).
+
+``load()`` assembles it once; ``read(text)`` returns findings with exact character offsets.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .knowledge import Condition, KnowledgeBase, KnowledgeError, load_yaml
+from .knowledge import load as load_knowledge
+from .models import Finding, Status
+
+Category = Literal["negated", "historical", "hypothetical", "other"]
+STATUS_OF: dict[str, Status] = {
+    "negated": Status.absent,
+    "historical": Status.historical,
+    "hypothetical": Status.hypothetical,
+}
+# When several triggers reach one mention, the strongest decides.
+PRECEDENCE: tuple[Category, ...] = ("other", "negated", "historical", "hypothetical")
+FACT_PREFIX = {
+    Status.present: "",
+    Status.absent: "not:",
+    Status.historical: "past:",
+    Status.hypothetical: "maybe:",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules, as data
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Rule(_Strict):
+    code: str
+    patterns: list[str]
+    immune: list[Category] = Field(
+        default_factory=list, description="context categories that do not change this rule's mentions"
+    )
+
+
+class Blocker(_Strict):
+    """Words that look like a mention but are not one ("sleeping bag", "clean needles")."""
+
+    patterns: list[str]
+    blocks: list[str]
+
+
+class Trigger(_Strict):
+    category: Category
+    direction: Literal["forward", "backward", "both"]
+    window: int = Field(ge=1, le=40)
+    patterns: list[str]
+
+
+class Derivation(_Strict):
+    code: str
+    when: Condition
+    evidence_from: list[str] = Field(
+        default_factory=list, description="codes whose words show this finding, in order of choice"
+    )
+
+
+class ContextRules(_Strict):
+    terminators: list[str]
+    clause_starters: list[str]
+    triggers: list[Trigger]
+    pseudo: list[str] = Field(
+        default_factory=list, description="phrases that contain a trigger word but are not one"
+    )
+    immune: dict[str, list[Category]] = Field(default_factory=dict)
+
+
+class ReaderRules(_Strict):
+    spelling: dict[str, str]
+    internal_codes: list[str]
+    rules: list[Rule]
+    blockers: list[Blocker]
+    context: ContextRules
+    derivations: list[Derivation]
+
+
+@cache
+def reader_rules() -> ReaderRules:
+    data = {k: v for k, v in load_yaml("reader.yaml").items() if k != "version"}
+    try:
+        return ReaderRules.model_validate(data)
+    except ValidationError as err:
+        raise KnowledgeError(f"reader.yaml: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# A small pattern language, so the rule files stay readable:
+#   word        the token's NORM is word          a|b|c     one word of these
+#   (a b|c)     one phrase of these                x?  (..)? may be left out
+#   pre*        NORM starts with pre               *         any one word
+#   ..N         up to N words (not punctuation)    #         a number
+#   =Word       exactly this, case and all         \\?        a literal question mark
+
+
+def compile_pattern(pattern: str) -> list[list[dict[str, Any]]]:
+    """One pattern string to the spaCy Matcher patterns it stands for (phrases multiply out)."""
+    variants: list[list[dict[str, Any]]] = [[]]
+    for slot in _slots(pattern):
+        optional = slot.endswith("?") and slot not in ("?", "\\?")
+        choices = _slot_choices(slot[:-1] if optional else slot)
+        if optional:
+            choices.append([])
+        variants = [v + c for v in variants for c in choices]
+    variants = [v for v in variants if v]
+    if not variants:
+        raise KnowledgeError(f"empty pattern {pattern!r}")
+    return variants
+
+
+def _slot_choices(slot: str) -> list[list[dict[str, Any]]]:
+    """The token sequences one slot allows: plain words share one IN test, phrases stand alone."""
+    words: list[str] = []
+    choices: list[list[dict[str, Any]]] = []
+    for alt in _split_top(slot, "|"):
+        phrases = _split_top(alt[1:-1], "|") if alt.startswith("(") and alt.endswith(")") else [alt]
+        for phrase in phrases:
+            parts = phrase.split()
+            if len(parts) == 1 and _is_plain(parts[0]):
+                words.append(parts[0])
+            elif parts:
+                choices.append([_token_spec(w) for w in parts])
+    if words:
+        choices.insert(0, [_token_spec("|".join(words))])
+    return choices
+
+
+def _is_plain(word: str) -> bool:
+    return not (word.startswith(("=", "#", "..", "\\")) or word == "*" or word.endswith("*"))
+
+
+def _split_top(text: str, sep: str) -> list[str]:
+    """Split on sep outside parentheses."""
+    parts: list[str] = []
+    depth = 0
+    current = ""
+    for ch in text:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == sep and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += ch
+    parts.append(current)
+    return [p for p in parts if p]
+
+
+def _slots(pattern: str) -> list[str]:
+    slots: list[str] = []
+    depth = 0
+    current = ""
+    for ch in pattern:
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch.isspace() and depth == 0:
+            if current:
+                slots.append(current)
+            current = ""
+        else:
+            current += ch
+    if depth or not pattern.strip():
+        raise KnowledgeError(f"unbalanced or empty pattern {pattern!r}")
+    if current:
+        slots.append(current)
+    return slots
+
+
+def _token_spec(part: str) -> dict[str, Any]:
+    if part == "\\?":
+        return {"ORTH": "?"}
+    if part == "*":
+        return {"IS_PUNCT": False}
+    if part.startswith("..") and part[2:].isdigit():
+        return {"IS_PUNCT": False, "OP": f"{{0,{part[2:]}}}"}
+    if part == "#":
+        return {"LIKE_NUM": True}
+    if part.startswith("=") and len(part) > 1:
+        return {"ORTH": part[1:]}
+    if "|" in part:
+        return {"NORM": {"IN": [normalise_word(p) for p in part.split("|")]}}
+    if part.endswith("*") and len(part) > 1:
+        return {"NORM": {"REGEX": "^" + re.escape(normalise_word(part[:-1]))}}
+    return {"NORM": normalise_word(part)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalising what people type
+
+_STRETCH = re.compile(r"(\w)\1{2,}")
+
+
+def fold(word: str) -> str:
+    """Lower case, accents and curly quotes folded: what a rule's word is compared with."""
+    word = word.lower().replace("\u2019", "'").replace("\u2018", "'")
+    decomposed = unicodedata.normalize("NFKD", word)
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
+    word = fold(word)
+    if _STRETCH.search(word):
+        # "sooo high", "hiiigh", "sleeeep": prefer whichever shrink the rules know.
+        double = _STRETCH.sub(r"\1\1", word)
+        single = _STRETCH.sub(r"\1", word)
+        word = single if single in known and double not in known else double
+    return reader_rules().spelling.get(word, word)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline components
+
+try:  # spaCy is imported lazily by load(); the factories are registered on first use.
+    from spacy.language import Language
+    from spacy.matcher import Matcher
+    from spacy.tokens import Doc, Span
+except ImportError as err:  # pragma: no cover - spaCy is a hard dependency
+    raise ImportError("riskset needs spaCy: pip install riskset") from err
+
+
+@dataclass
+class Mention:
+    code: str
+    start: int  # token offsets
+    end: int
+    status: Status = Status.present
+    cue: str | None = None
+    other: bool = False
+    derived: bool = False
+
+
+@dataclass
+class Reading:
+    findings: list[Finding] = field(default_factory=list)
+    signs: list[Finding] = field(default_factory=list)
+    about_others: list[Finding] = field(default_factory=list)
+
+
+if not Doc.has_extension("riskset_mentions"):
+    Doc.set_extension("riskset_mentions", default=None)
+    Doc.set_extension("riskset_reading", default=None)
+
+
+@Language.factory("riskset_normalizer")
+def make_normalizer(nlp: Language, name: str) -> Normalizer:
+    return Normalizer()
+
+
+class Normalizer:
+    def __init__(self) -> None:
+        rules = reader_rules()
+        words: set[str] = set()
+        for rule in rules.rules:
+            for pattern in rule.patterns:
+                words.update(fold(w) for w in re.split(r"[\s|]+", pattern))
+        self.known = frozenset(words)
+        self._cache: dict[str, str] = {}
+
+    def __call__(self, doc: Doc) -> Doc:
+        cache_ = self._cache
+        for token in doc:
+            text = token.text
+            norm = cache_.get(text)
+            if norm is None:
+                norm = normalise_word(token.norm_ if token.norm_ != text.lower() else text, self.known)
+                if len(cache_) < 100_000:
+                    cache_[text] = norm
+            token.norm_ = norm
+        return doc
+
+
+@Language.factory("riskset_targets")
+def make_targets(nlp: Language, name: str) -> TargetMatcher:
+    return TargetMatcher(nlp, load_knowledge())
+
+
+class TargetMatcher:
+    """Finds every mention: aliases from the knowledge base and the reader's rules."""
+
+    def __init__(self, nlp: Language, kb: KnowledgeBase) -> None:
+        rules = reader_rules()
+        self.matcher = Matcher(nlp.vocab, validate=True)
+        self.blockers = Matcher(nlp.vocab, validate=True)
+        for substance in kb.substances.values():
+            self._add(substance.code, [*substance.aliases])
+            for alias in substance.case_sensitive_aliases:
+                self.matcher.add(substance.code, [[{"ORTH": alias}]])
+        for rule in rules.rules:
+            self._add(rule.code, rule.patterns)
+        for i, blocker in enumerate(rules.blockers):
+            key = f"block{i}"
+            self.blockers.add(key, [v for p in blocker.patterns for v in compile_pattern(p)])
+        self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
+
+    def _add(self, code: str, patterns: Iterable[str]) -> None:
+        self.matcher.add(code, [v for p in patterns for v in compile_pattern(p)])
+
+    def __call__(self, doc: Doc) -> Doc:
+        vocab = doc.vocab.strings
+        blocked: list[tuple[int, int, set[str]]] = [
+            (s, e, self.blocked_codes[vocab[k]]) for k, s, e in self.blockers(doc)
+        ]
+        mentions: list[Mention] = []
+        for key, start, end in self.matcher(doc):
+            code = vocab[key]
+            if any(s < end and start < e and code in codes for s, e, codes in blocked):
+                continue
+            mentions.append(Mention(code, start, end))
+        doc._.riskset_mentions = _longest_per_code(mentions)
+        return doc
+
+
+def _longest_per_code(mentions: list[Mention]) -> list[Mention]:
+    """Of overlapping mentions of one code keep the longest: "fent dope" over "dope"."""
+    kept: list[Mention] = []
+    for m in sorted(mentions, key=lambda m: (m.start - m.end, m.start)):
+        if not any(k.code == m.code and k.start < m.end and m.start < k.end for k in kept):
+            kept.append(m)
+    return sorted(kept, key=lambda m: (m.start, m.end))
+
+
+@Language.factory("riskset_context")
+def make_context(nlp: Language, name: str) -> ContextReader:
+    return ContextReader(nlp)
+
+
+@dataclass
+class _Scope:
+    category: Category
+    start: int
+    end: int
+    cue: str
+    trigger: tuple[int, int]
+
+
+class ContextReader:
+    """Gives each mention its status from the trigger words around it (after ConText)."""
+
+    def __init__(self, nlp: Language) -> None:
+        context = reader_rules().context
+        self.rules = context
+        self.matcher = Matcher(nlp.vocab, validate=True)
+        self.triggers: dict[str, Trigger] = {}
+        for i, trigger in enumerate(context.triggers):
+            key = f"trigger{i}"
+            self.triggers[key] = trigger
+            self.matcher.add(key, [v for p in trigger.patterns for v in compile_pattern(p)])
+        self.matcher.add(
+            "pseudo", [v for p in context.pseudo for v in compile_pattern(p)] or [[{"ORTH": "\0"}]]
+        )
+        self.terminators = {normalise_word(w) for w in context.terminators}
+        self.clause_starters = {normalise_word(w) for w in context.clause_starters}
+        self.immune = {code: set(cats) for code, cats in context.immune.items()}
+        for rule in reader_rules().rules:
+            if rule.immune:
+                self.immune.setdefault(rule.code, set()).update(rule.immune)
+
+    def __call__(self, doc: Doc) -> Doc:
+        mentions: list[Mention] = doc._.riskset_mentions or []
+        if not mentions:
+            return doc
+        bounds = self.clause_bounds(doc)
+        scopes = list(self.scopes(doc, bounds))
+        for mention in mentions:
+            self.assign(mention, scopes)
+        return doc
+
+    def clause_bounds(self, doc: Doc) -> list[int]:
+        """For each token, the index of the clause it belongs to."""
+        clause = 0
+        ids: list[int] = []
+        for i, token in enumerate(doc):
+            norm = token.norm_
+            if token.is_sent_start and i > 0:
+                clause += 1
+            if norm in (".", "!", ";", "\n") or "\n" in token.text or token.text in ("...", "…"):
+                ids.append(clause)
+                clause += 1
+                continue
+            if norm in self.terminators:
+                clause += 1
+            elif norm in (",", "-", "--", "—", "–", "(", ")", ":") and self._starts_clause(doc, i + 1):
+                ids.append(clause)
+                clause += 1
+                continue
+            elif norm == "and" and self._starts_clause(doc, i + 1):
+                clause += 1
+            ids.append(clause)
+        return ids
+
+    def _starts_clause(self, doc: Doc, i: int) -> bool:
+        return i < len(doc) and doc[i].norm_ in self.clause_starters
+
+    def scopes(self, doc: Doc, clause: list[int]) -> Iterator[_Scope]:
+        vocab = doc.vocab.strings
+        matches = self.matcher(doc)
+        pseudo = [(s, e) for k, s, e in matches if vocab[k] == "pseudo"]
+        found = [(vocab[k], s, e) for k, s, e in matches if vocab[k] != "pseudo"]
+        # Longest trigger first, so "no longer" is not also read as "no".
+        found.sort(key=lambda m: (m[1] - m[2], m[1]))
+        taken: list[tuple[int, int]] = []
+        for key, start, end in found:
+            if any(s < end and start < e for s, e in pseudo + taken):
+                continue
+            taken.append((start, end))
+            trigger = self.triggers[key]
+            cue = doc[start:end].text
+            here = clause[start]
+            if trigger.direction in ("forward", "both"):
+                stop = end
+                while stop < len(doc) and stop < end + trigger.window and clause[stop] == here:
+                    stop += 1
+                yield _Scope(trigger.category, end, stop, cue, (start, end))
+            if trigger.direction in ("backward", "both"):
+                begin = start
+                while begin > 0 and begin > start - trigger.window and clause[begin - 1] == here:
+                    begin -= 1
+                yield _Scope(trigger.category, begin, start, cue, (start, end))
+
+    def assign(self, mention: Mention, scopes: list[_Scope]) -> None:
+        immune = self.immune.get(mention.code, set())
+        reaching = [
+            s
+            for s in scopes
+            if s.category not in immune
+            and s.start <= mention.start < s.end
+            and not (s.trigger[0] < mention.end and mention.start < s.trigger[1])
+        ]
+        if not reaching:
+            return
+        strongest = min(reaching, key=lambda s: PRECEDENCE.index(s.category))
+        if strongest.category == "other":
+            mention.other = True
+            rest = [s for s in reaching if s.category != "other"]
+            if not rest:
+                return
+            strongest = min(rest, key=lambda s: PRECEDENCE.index(s.category))
+        mention.status = STATUS_OF[strongest.category]
+        mention.cue = strongest.cue
+
+
+@Language.factory("riskset_findings")
+def make_findings(nlp: Language, name: str) -> FindingBuilder:
+    return FindingBuilder(load_knowledge())
+
+
+class FindingBuilder:
+    """Mentions to findings: one per code and status, then what follows from them."""
+
+    def __init__(self, kb: KnowledgeBase) -> None:
+        rules = reader_rules()
+        self.kb = kb
+        self.internal = set(rules.internal_codes)
+        self.derivations = rules.derivations
+
+    def __call__(self, doc: Doc) -> Doc:
+        mentions: list[Mention] = doc._.riskset_mentions or []
+        reading = Reading()
+        mine = [m for m in mentions if not m.other]
+        chosen = self._one_per_code_and_status(mine)
+        facts = self.facts(chosen)
+        derived = self._derive(doc, chosen, facts)
+        for mention in [*chosen, *derived]:
+            if mention.code in self.internal:
+                continue
+            finding = self._finding(doc, mention)
+            if finding.frame == "sign":
+                reading.signs.append(finding)
+            else:
+                reading.findings.append(finding)
+        for mention in self._one_per_code_and_status([m for m in mentions if m.other]):
+            if mention.code not in self.internal:
+                reading.about_others.append(self._finding(doc, mention))
+        reading.findings.sort(key=lambda f: (f.start if f.start is not None else -1, f.code))
+        doc._.riskset_reading = reading
+        return doc
+
+    @staticmethod
+    def _one_per_code_and_status(mentions: list[Mention]) -> list[Mention]:
+        seen: dict[tuple[str, Status], Mention] = {}
+        for m in mentions:
+            seen.setdefault((m.code, m.status), m)
+        return list(seen.values())
+
+    def facts(self, mentions: Iterable[Mention]) -> set[str]:
+        facts: set[str] = set()
+        for m in mentions:
+            facts.add(FACT_PREFIX[m.status] + m.code)
+            if m.status is Status.present:
+                klass = self.kb.substance_class(m.code)
+                if klass:
+                    facts.update((f"class:{klass}", "class:any"))
+        return facts
+
+    def _derive(self, doc: Doc, chosen: list[Mention], facts: set[str]) -> list[Mention]:
+        derived: list[Mention] = []
+        # Run twice so a derived finding can support another (camp -> unhoused -> ...).
+        for _ in range(2):
+            for rule in self.derivations:
+                if rule.code in facts or not rule.when.holds(facts):
+                    continue
+                evidence = self._evidence(chosen + derived, rule)
+                start, end = (evidence.start, evidence.end) if evidence else (-1, -1)
+                derived.append(Mention(rule.code, start, end, derived=True))
+                facts.add(rule.code)
+        return derived
+
+    @staticmethod
+    def _evidence(mentions: list[Mention], rule: Derivation) -> Mention | None:
+        wanted = rule.evidence_from or [*rule.when.all, *rule.when.any]
+        for code in wanted:
+            bare = code.split(":", 1)[1] if code.split(":", 1)[0] in ("not", "past", "maybe") else code
+            for m in mentions:
+                if m.code == bare:
+                    return m
+        return None
+
+    def _finding(self, doc: Doc, m: Mention) -> Finding:
+        if m.start < 0:
+            return Finding(
+                code=m.code,
+                status=m.status,
+                label=self.kb.label(m.code),
+                frame=self.kb.frame(m.code),
+                source="inferred",
+            )
+        span: Span = doc[m.start : m.end]
+        return Finding(
+            code=m.code,
+            status=m.status,
+            text=span.text,
+            start=span.start_char,
+            end=span.end_char,
+            cue=m.cue,
+            label=self.kb.label(m.code),
+            frame=self.kb.frame(m.code),
+            source="inferred" if m.derived else "narrative",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The entry points
+
+PIPELINE = ("riskset_normalizer", "riskset_targets", "riskset_context", "riskset_findings")
+
+
+@cache
+def load() -> Language:
+    """The reading pipeline, assembled once per process."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    for name in PIPELINE:
+        nlp.add_pipe(name)
+    return nlp
+
+
+def read(text: str) -> Reading:
+    """Findings (and signs, and what is said of others) in one narrative."""
+    return load()(text)._.riskset_reading  # type: ignore[no-any-return]
+
+
+def read_many(texts: Iterable[str], batch_size: int = 256) -> Iterator[Reading]:
+    for doc in load().pipe(texts, batch_size=batch_size):
+        yield doc._.riskset_reading
