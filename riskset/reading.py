@@ -82,8 +82,20 @@ class Derivation(_Strict):
     )
 
 
+class Suppression(_Strict):
+    """A mention of `code` removes overlapping mentions of `suppresses` ("no narcan" is not
+    also "has narcan")."""
+
+    code: str
+    suppresses: list[str]
+
+
 class ContextRules(_Strict):
     terminators: list[str]
+    persons: dict[str, list[str]] = Field(
+        default_factory=dict, description="pronouns by the person they point at"
+    )
+    subjects: list[str] = Field(default_factory=list, description="pronouns that start a clause")
     clause_starters: list[str]
     triggers: list[Trigger]
     pseudo: list[str] = Field(
@@ -97,6 +109,7 @@ class ReaderRules(_Strict):
     internal_codes: list[str]
     rules: list[Rule]
     blockers: list[Blocker]
+    suppressions: list[Suppression] = Field(default_factory=list)
     context: ContextRules
     derivations: list[Derivation]
 
@@ -141,7 +154,7 @@ def _slot_choices(slot: str) -> list[list[dict[str, Any]]]:
     for alt in _split_top(slot, "|"):
         phrases = _split_top(alt[1:-1], "|") if alt.startswith("(") and alt.endswith(")") else [alt]
         for phrase in phrases:
-            parts = phrase.split()
+            parts = [w for word in phrase.split() for w in _split_clitic(word)]
             if len(parts) == 1 and _is_plain(parts[0]):
                 words.append(parts[0])
             elif parts:
@@ -151,8 +164,17 @@ def _slot_choices(slot: str) -> list[list[dict[str, Any]]]:
     return choices
 
 
+def _split_clitic(word: str) -> list[str]:
+    # The tokenizer reads "friend's" as "friend" + "'s"; so must the patterns.
+    if len(word) > 2 and word.endswith(("'s", "s'")) and word[0].isalnum() and word.count("'") == 1:
+        return [word[:-2], "'s"] if word.endswith("'s") else [word[:-1], "'"]
+    return [word]
+
+
 def _is_plain(word: str) -> bool:
-    return not (word.startswith(("=", "#", "..", "\\")) or word == "*" or word.endswith("*"))
+    return not (
+        word.startswith(("=", "#", "..", "\\", "/")) or word == "*" or word.endswith("*")
+    )
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -201,6 +223,8 @@ def _token_spec(part: str) -> dict[str, Any]:
         return {"IS_PUNCT": False, "OP": f"{{0,{part[2:]}}}"}
     if part == "#":
         return {"LIKE_NUM": True}
+    if len(part) > 2 and part.startswith("/") and part.endswith("/"):
+        return {"NORM": {"REGEX": part[1:-1]}}
     if part.startswith("=") and len(part) > 1:
         return {"ORTH": part[1:]}
     if "|" in part:
@@ -253,6 +277,7 @@ class Mention:
     cue: str | None = None
     other: bool = False
     derived: bool = False
+    immune: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -307,19 +332,23 @@ class TargetMatcher:
         rules = reader_rules()
         self.matcher = Matcher(nlp.vocab, validate=True)
         self.blockers = Matcher(nlp.vocab, validate=True)
+        # One matcher key per rule, so a mention knows which rule (and immunity) found it.
+        self.rule_of: dict[str, tuple[str, frozenset[str]]] = {}
         for substance in kb.substances.values():
-            self._add(substance.code, [*substance.aliases])
+            self._add(substance.code, substance.code, [*substance.aliases], frozenset())
             for alias in substance.case_sensitive_aliases:
                 self.matcher.add(substance.code, [[{"ORTH": alias}]])
-        for rule in rules.rules:
-            self._add(rule.code, rule.patterns)
+        for i, rule in enumerate(rules.rules):
+            self._add(f"{rule.code}#{i}", rule.code, rule.patterns, frozenset(rule.immune))
         for i, blocker in enumerate(rules.blockers):
             key = f"block{i}"
             self.blockers.add(key, [v for p in blocker.patterns for v in compile_pattern(p)])
         self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
+        self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
 
-    def _add(self, code: str, patterns: Iterable[str]) -> None:
-        self.matcher.add(code, [v for p in patterns for v in compile_pattern(p)])
+    def _add(self, key: str, code: str, patterns: Iterable[str], immune: frozenset[str]) -> None:
+        self.rule_of[key] = (code, immune)
+        self.matcher.add(key, [v for p in patterns for v in compile_pattern(p)])
 
     def __call__(self, doc: Doc) -> Doc:
         vocab = doc.vocab.strings
@@ -328,12 +357,25 @@ class TargetMatcher:
         ]
         mentions: list[Mention] = []
         for key, start, end in self.matcher(doc):
-            code = vocab[key]
+            code, immune = self.rule_of[vocab[key]]
             if any(s < end and start < e and code in codes for s, e, codes in blocked):
                 continue
-            mentions.append(Mention(code, start, end))
-        doc._.riskset_mentions = _longest_per_code(mentions)
+            mentions.append(Mention(code, start, end, immune=immune))
+        doc._.riskset_mentions = self._suppress(_longest_per_code(mentions))
         return doc
+
+    def _suppress(self, mentions: list[Mention]) -> list[Mention]:
+        if not self.suppressions:
+            return mentions
+        drop: set[int] = set()
+        for code, victims in self.suppressions:
+            for strong in (m for m in mentions if m.code == code):
+                drop.update(
+                    i
+                    for i, m in enumerate(mentions)
+                    if m.code in victims and m.start < strong.end and strong.start < m.end
+                )
+        return [m for i, m in enumerate(mentions) if i not in drop]
 
 
 def _longest_per_code(mentions: list[Mention]) -> list[Mention]:
@@ -375,11 +417,11 @@ class ContextReader:
             "pseudo", [v for p in context.pseudo for v in compile_pattern(p)] or [[{"ORTH": "\0"}]]
         )
         self.terminators = {normalise_word(w) for w in context.terminators}
+        self.subjects = {fold(w) for w in context.subjects}
         self.clause_starters = {normalise_word(w) for w in context.clause_starters}
         self.immune = {code: set(cats) for code, cats in context.immune.items()}
-        for rule in reader_rules().rules:
-            if rule.immune:
-                self.immune.setdefault(rule.code, set()).update(rule.immune)
+        persons = context.persons
+        self.person_of = {fold(w): who for who, words in persons.items() for w in words}
 
     def __call__(self, doc: Doc) -> Doc:
         mentions: list[Mention] = doc._.riskset_mentions or []
@@ -387,9 +429,34 @@ class ContextReader:
             return doc
         bounds = self.clause_bounds(doc)
         scopes = list(self.scopes(doc, bounds))
+        scopes += self.other_person_scopes(doc, bounds)
         for mention in mentions:
             self.assign(mention, scopes)
         return doc
+
+    def other_person_scopes(self, doc: Doc, clause: list[int]) -> list[_Scope]:
+        """Clauses whose subject is a different person from the one the narrative is about.
+
+        In "D's partner hits her when he's drunk. She injects ..." the narrative is about "she";
+        "he's drunk" is the partner. The person is whoever the pronouns mostly point at.
+        """
+        people = [self.person_of.get(t.norm_) for t in doc]
+        counts = {who: people.count(who) for who in set(people) if who}
+        if len(counts) < 2:
+            return []
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])
+        if ranked[0][1] == ranked[1][1]:
+            return []
+        main = ranked[0][0]
+        scopes: list[_Scope] = []
+        for i, token in enumerate(doc):
+            who = people[i]
+            if who and who != main and token.norm_ in self.subjects:
+                end = i + 1
+                while end < len(doc) and clause[end] == clause[i] and people[end] != main:
+                    end += 1
+                scopes.append(_Scope("other", i, end, token.text, (i, i + 1)))
+        return scopes
 
     def clause_bounds(self, doc: Doc) -> list[int]:
         """For each token, the index of the clause it belongs to."""
@@ -433,6 +500,8 @@ class ContextReader:
             cue = doc[start:end].text
             here = clause[start]
             if trigger.direction in ("forward", "both"):
+                if trigger.category == "other":
+                    end = start + 1
                 stop = end
                 while stop < len(doc) and stop < end + trigger.window and clause[stop] == here:
                     stop += 1
@@ -444,13 +513,15 @@ class ContextReader:
                 yield _Scope(trigger.category, begin, start, cue, (start, end))
 
     def assign(self, mention: Mention, scopes: list[_Scope]) -> None:
-        immune = self.immune.get(mention.code, set())
+        immune = self.immune.get(mention.code, set()) | mention.immune
         reaching = [
             s
             for s in scopes
             if s.category not in immune
             and s.start <= mention.start < s.end
-            and not (s.trigger[0] < mention.end and mention.start < s.trigger[1])
+            # A trigger inside the mention is part of it ("no narcan"); but "his girlfriend
+            # overdosed" puts the verb itself in someone else's mouth.
+            and (s.category == "other" or not (s.trigger[0] < mention.end and mention.start < s.trigger[1]))
         ]
         if not reaching:
             return
