@@ -1,8 +1,8 @@
 """riskset: harm reduction assessment from a worker's own words.
 
-    >>> import riskset
-    >>> a = riskset.assess("She just got out of jail and plans to use tonight, alone.")
-    >>> a.overdose_risk.level
+>>> import riskset
+>>> a = riskset.assess("She just got out of jail and plans to use tonight, alone.")
+>>> a.overdose_risk.level
 """
 
 from .assessment import InputError, assess, assess_findings, assess_many

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from . import reading
 from .knowledge import KnowledgeBase
 from .knowledge import load as load_knowledge
-from .models import Assessment, Finding, Level
+from .models import Assessment, Finding, OverdoseRisk, Status, UrgentFlag
 from .plan import make_plan
 from .risk import connected_harms, facts_of, overdose_risk, urgent_flags
 
@@ -49,7 +49,11 @@ def assess_findings(
     """Assess findings that came from elsewhere (the guided questions, a stored record)."""
     kb = load_knowledge()
     signs = list(signs or [])
-    unknown = [f.code for f in [*findings, *signs] if f.code not in kb.all_codes() and f.code not in kb.codes]
+    unknown = [
+        f.code
+        for f in [*findings, *signs]
+        if f.code not in kb.all_codes() and f.code not in kb.codes
+    ]
     if unknown:
         raise InputError(f"unknown code: {', '.join(unknown)} (see `riskset codes`)")
     return _assess(findings, signs, [], text, kb)
@@ -75,7 +79,7 @@ def _assess(
         findings=findings,
         signs=signs,
         about_others=about_others,
-        main_issue=_main_issue(risk.level, risk.reasons[0].says if risk.reasons else "", urgent, findings, kb),
+        main_issue=_main_issue(risk, urgent, findings, kb),
         urgent=urgent,
         overdose_risk=risk,
         connected_harms=connected_harms(facts, findings, kb),
@@ -85,11 +89,25 @@ def _assess(
     )
 
 
-def _main_issue(level: Level, top_reason: str, urgent: list, findings: list[Finding], kb: KnowledgeBase) -> str:  # type: ignore[type-arg]
+def _main_issue(
+    risk: OverdoseRisk, urgent: list[UrgentFlag], findings: list[Finding], kb: KnowledgeBase
+) -> str:
+    """The seed's first question, "What issue is being presented?", in one sentence."""
     words = kb.wording
-    label = words.level_labels[level]
+    level = words.level_labels[risk.level]
     if urgent:
-        return words.main_issue_urgent.format(title=urgent[0].title, level=label.lower())
-    if not top_reason and not any(f.status == "present" for f in findings):
+        return words.main_issue_urgent.format(title=urgent[0].title, level=level.lower())
+    present = [f for f in findings if f.status is Status.present]
+    if not present:
         return words.main_issue_nothing
-    return words.main_issue_risk.format(level=label, reason=top_reason or "")
+    substances = [f.label.lower() for f in present if f.code.startswith(("substance:", "route:"))]
+    headline = {f.id for f in kb.risk.factors if f.headline}
+    reasons = [
+        ", ".join(kb.label(c).lower() for c in r.because[:2])
+        for r in risk.reasons
+        if r.factor in headline and r.weight > 0
+    ][:2]
+    what = ", ".join(dict.fromkeys(substances)) or "no drug named"
+    if not reasons:
+        return words.main_issue_use.format(level=level, substances=what)
+    return words.main_issue_risk.format(level=level, substances=what, reasons="; ".join(reasons))

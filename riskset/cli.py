@@ -43,13 +43,22 @@ def read_input(text: str | None) -> str:
 
 @app.command("assess")
 def assess_command(
-    text: Annotated[str | None, typer.Argument(help="The situation, in your own words; - for stdin.")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole assessment as JSON.")] = False,
-    jsonl: Annotated[
-        bool, typer.Option("--jsonl", help='Batch: {"id", "text"} lines in, one result line out each.')
+    text: Annotated[
+        str | None, typer.Argument(help="The situation, in your own words; - for stdin.")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole assessment as JSON.")
     ] = False,
-    handout: Annotated[bool, typer.Option("--handout", help="Print the person's plan handout.")] = False,
-    workers: Annotated[int, typer.Option("--workers", min=1, max=32, help="Processes for --jsonl.")] = 1,
+    jsonl: Annotated[
+        bool,
+        typer.Option("--jsonl", help='Batch: {"id", "text"} lines in, one result line out each.'),
+    ] = False,
+    handout: Annotated[
+        bool, typer.Option("--handout", help="Print the person's plan handout.")
+    ] = False,
+    workers: Annotated[
+        int, typer.Option("--workers", min=1, max=32, help="Processes for --jsonl.")
+    ] = 1,
 ) -> None:
     """Assess a situation: findings, overdose risk and why, urgent dangers, harms and a plan."""
     from . import render
@@ -132,7 +141,9 @@ def _assess_jsonl(workers: int) -> None:
 
 @app.command("ask")
 def ask_command(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the whole assessment as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole assessment as JSON.")
+    ] = False,
 ) -> None:
     """Answer the seed's eight Risk / Set / Setting questions, then see the assessment."""
     from . import render
@@ -150,7 +161,11 @@ def ask_command(
             for i, choice in enumerate(question.choices, 1):
                 typer.echo(f"  {i:>2}. {choice.label}")
             picked = _ask_numbers(len(question.choices))
-        words = typer.prompt("  In your own words", default="", show_default=False) if question.free_text else ""
+        words = (
+            typer.prompt("  In your own words", default="", show_default=False)
+            if question.free_text
+            else ""
+        )
         answers[question.id] = Answer(choices=picked, text=words)
         typer.echo("")
     try:
@@ -174,23 +189,37 @@ def _ask_numbers(count: int) -> list[int]:
 
 
 @app.command("explain")
-def explain_command(code: Annotated[str, typer.Argument(help="A code, e.g. tolerance_loss.")]) -> None:
+def explain_command(
+    code: Annotated[str, typer.Argument(help="A code, e.g. tolerance_loss.")],
+) -> None:
     """What a code means, why it matters, and its source."""
     kb = load_knowledge()
     full = _resolve_code(code)
     if full.startswith("substance:"):
         s = kb.substances[full.removeprefix("substance:")]
         lines = [f"{full}: {s.label} ({s.klass})", f"  Routes: {', '.join(s.routes) or '-'}"]
-        lines += [f"  Overdose looks like: {'; '.join(s.overdose_signs)}", f"  Route: {s.route_notes}"]
+        lines += [
+            f"  Overdose looks like: {'; '.join(s.overdose_signs)}",
+            f"  Route: {s.route_notes}",
+        ]
         lines += [f"  What helps: {'; '.join(s.what_helps)}", f"  Source: {s.source}"]
     elif full.startswith("strategy:"):
         st = kb.strategies[full.removeprefix("strategy:")]
         lines = [f"{full}: {st.label}", f"  {st.says}"]
-        lines += [f"  Spectrum: {st.spectrum.replace('_', ' ')}; level: {st.level.replace('_', ' ')}"]
-        lines += [f"  Offered when: {'; '.join(t.why for t in st.triggers)}", f"  Source: {st.source}"]
+        lines += [
+            f"  Spectrum: {st.spectrum.replace('_', ' ')}; level: {st.level.replace('_', ' ')}"
+        ]
+        lines += [
+            f"  Offered when: {'; '.join(t.why for t in st.triggers)}",
+            f"  Source: {st.source}",
+        ]
     else:
         entry = kb.codes[full]
-        lines = [f"{full}: {entry.label} ({entry.frame})", f"  {entry.why}", f"  Source: {entry.source}"]
+        lines = [
+            f"{full}: {entry.label} ({entry.frame})",
+            f"  {entry.why}",
+            f"  Source: {entry.source}",
+        ]
     typer.echo("\n".join(lines))
 
 
@@ -217,6 +246,20 @@ def codes_command(
         return
     width = max(len(c) for c, _ in rows)
     typer.echo("\n".join(f"{c:<{width}}  {label}" for c, label in rows))
+
+
+@app.command("demo")
+def demo_command() -> None:
+    """Assess the seed's Jessica case and show the result: a first look at riskset."""
+    from . import render
+
+    kb = load_knowledge()
+    jessica = next(c for c in kb.cases if c.id == "jessica")
+    typer.echo(f"The seed's case study, Jessica:\n\n{render._wrap(jessica.text, '  ')}\n")
+    typer.echo(render.summary(assess(jessica.text)))
+    typer.echo(
+        'Try your own: riskset assess "...", or answer the eight questions with riskset ask.'
+    )
 
 
 def main() -> None:

@@ -51,8 +51,13 @@ class Condition(_Strict):
         )
 
     def matched(self, facts: set[str] | frozenset[str]) -> list[str]:
-        """The facts that made this condition hold: what a reason should point at."""
-        return [f for f in self.all if f in facts] + [f for f in self.any if f in facts]
+        """The facts that made this condition hold: what a reason should point at.
+
+        The `all` facts are the point of the rule; `any` facts only qualify it ("unhoused,
+        and uses opioids"), so they count only when there is no `all`.
+        """
+        required = [f for f in self.all if f in facts]
+        return required or [f for f in self.any if f in facts]
 
 
 class CodeEntry(_Strict):
@@ -129,6 +134,7 @@ class RiskFactor(_Strict):
     id: str
     says: str
     weight: int
+    headline: bool = Field(True, description="may name the main issue (not plain drug use)")
     when: Condition
     source: str
 
@@ -213,6 +219,7 @@ class Wording(_Strict):
     level_labels: dict[Level, str]
     main_issue_urgent: str
     main_issue_risk: str
+    main_issue_use: str
     main_issue_nothing: str
     handout_title: str
     handout_intro: str
@@ -406,4 +413,3 @@ def _one(name: str, model: type[BaseModel]) -> Any:
 def load() -> KnowledgeBase:
     """The knowledge base, loaded and validated once per process."""
     return KnowledgeBase()
-

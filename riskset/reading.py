@@ -56,7 +56,8 @@ class Rule(_Strict):
     code: str
     patterns: list[str]
     immune: list[Category] = Field(
-        default_factory=list, description="context categories that do not change this rule's mentions"
+        default_factory=list,
+        description="context categories that do not change this rule's mentions",
     )
 
 
@@ -72,6 +73,9 @@ class Trigger(_Strict):
     direction: Literal["forward", "backward", "both"]
     window: int = Field(ge=1, le=40)
     patterns: list[str]
+    stop_at: list[str] = Field(
+        default_factory=list, description="words that begin another clause for this trigger"
+    )
 
 
 class Derivation(_Strict):
@@ -172,9 +176,7 @@ def _split_clitic(word: str) -> list[str]:
 
 
 def _is_plain(word: str) -> bool:
-    return not (
-        word.startswith(("=", "#", "..", "\\", "/")) or word == "*" or word.endswith("*")
-    )
+    return not (word.startswith(("=", "#", "..", "\\", "/")) or word == "*" or word.endswith("*"))
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -313,7 +315,9 @@ class Normalizer:
             text = token.text
             norm = cache_.get(text)
             if norm is None:
-                norm = normalise_word(token.norm_ if token.norm_ != text.lower() else text, self.known)
+                norm = normalise_word(
+                    token.norm_ if token.norm_ != text.lower() else text, self.known
+                )
                 if len(cache_) < 100_000:
                     cache_[text] = norm
             token.norm_ = norm
@@ -409,9 +413,11 @@ class ContextReader:
         self.rules = context
         self.matcher = Matcher(nlp.vocab, validate=True)
         self.triggers: dict[str, Trigger] = {}
+        self.stop_words: dict[str, set[str]] = {}
         for i, trigger in enumerate(context.triggers):
             key = f"trigger{i}"
             self.triggers[key] = trigger
+            self.stop_words[key] = {fold(w) for w in trigger.stop_at}
             self.matcher.add(key, [v for p in trigger.patterns for v in compile_pattern(p)])
         self.matcher.add(
             "pseudo", [v for p in context.pseudo for v in compile_pattern(p)] or [[{"ORTH": "\0"}]]
@@ -472,7 +478,9 @@ class ContextReader:
                 continue
             if norm in self.terminators:
                 clause += 1
-            elif norm in (",", "-", "--", "—", "–", "(", ")", ":") and self._starts_clause(doc, i + 1):
+            elif norm in (",", "-", "--", "—", "–", "(", ")", ":") and self._starts_clause(
+                doc, i + 1
+            ):
                 ids.append(clause)
                 clause += 1
                 continue
@@ -491,19 +499,28 @@ class ContextReader:
         found = [(vocab[k], s, e) for k, s, e in matches if vocab[k] != "pseudo"]
         # Longest trigger first, so "no longer" is not also read as "no".
         found.sort(key=lambda m: (m[1] - m[2], m[1]))
-        taken: list[tuple[int, int]] = []
+        taken: list[tuple[int, int, str]] = []
         for key, start, end in found:
-            if any(s < end and start < e for s, e in pseudo + taken):
-                continue
-            taken.append((start, end))
             trigger = self.triggers[key]
+            # A longer trigger of the same kind wins ("no longer" over "no"); kinds don't compete.
+            if any(s < end and start < e for s, e in pseudo) or any(
+                s < end and start < e and c == trigger.category for s, e, c in taken
+            ):
+                continue
+            taken.append((start, end, trigger.category))
             cue = doc[start:end].text
             here = clause[start]
             if trigger.direction in ("forward", "both"):
                 if trigger.category == "other":
                     end = start + 1
                 stop = end
-                while stop < len(doc) and stop < end + trigger.window and clause[stop] == here:
+                stops = self.stop_words[key]
+                while (
+                    stop < len(doc)
+                    and stop < end + trigger.window
+                    and clause[stop] == here
+                    and not (stop > end and doc[stop].norm_ in stops)
+                ):
                     stop += 1
                 yield _Scope(trigger.category, end, stop, cue, (start, end))
             if trigger.direction in ("backward", "both"):
@@ -521,7 +538,10 @@ class ContextReader:
             and s.start <= mention.start < s.end
             # A trigger inside the mention is part of it ("no narcan"); but "his girlfriend
             # overdosed" puts the verb itself in someone else's mouth.
-            and (s.category == "other" or not (s.trigger[0] < mention.end and mention.start < s.trigger[1]))
+            and (
+                s.category == "other"
+                or not (s.trigger[0] < mention.end and mention.start < s.trigger[1])
+            )
         ]
         if not reaching:
             return
@@ -606,7 +626,9 @@ class FindingBuilder:
     def _evidence(mentions: list[Mention], rule: Derivation) -> Mention | None:
         wanted = rule.evidence_from or [*rule.when.all, *rule.when.any]
         for code in wanted:
-            bare = code.split(":", 1)[1] if code.split(":", 1)[0] in ("not", "past", "maybe") else code
+            bare = (
+                code.split(":", 1)[1] if code.split(":", 1)[0] in ("not", "past", "maybe") else code
+            )
             for m in mentions:
                 if m.code == bare:
                     return m

@@ -112,7 +112,13 @@ def handout(a: Assessment) -> str:
     """The person's take-away: their plan in plain, person-first words, nothing clinical."""
     kb = load_knowledge()
     words = kb.wording
-    out = [words.handout_title, "=" * len(words.handout_title), "", _wrap(words.handout_intro, ""), ""]
+    out = [
+        words.handout_title,
+        "=" * len(words.handout_title),
+        "",
+        _wrap(words.handout_intro, ""),
+        "",
+    ]
     for flag in a.urgent:
         out.append(f"Right now: {flag.title}")
         out += [_wrap(f"- {step}", "  ") for step in flag.what_to_do]

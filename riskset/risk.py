@@ -124,7 +124,7 @@ def facts_of(
 
 def evidence_for(codes: Iterable[str], findings: Iterable[Finding]) -> list[str]:
     """The narrative's own words behind some codes, for reasons a worker can check."""
-    by_code = {}
+    by_code: dict[str, str] = {}
     for f in findings:
         if f.text:
             by_code.setdefault(STATUS_PREFIX[f.status] + f.code, f.text)

@@ -1,6 +1,6 @@
 """Show where riskset's reading of labelled narratives differs from the labels.
 
-    .venv/bin/python tools/diagnose.py tests/narratives/labelled.jsonl [ID ...] [--code CODE]
+.venv/bin/python tools/diagnose.py tests/narratives/labelled.jsonl [ID ...] [--code CODE]
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ def main() -> None:
     ap.add_argument("--code", help="only narratives where this code is missed or spurious")
     ap.add_argument("--risk", action="store_true", help="also show overdose-risk disagreements")
     args = ap.parse_args()
-    rows = [json.loads(line) for line in open(args.gold, encoding="utf-8") if line.strip()]
+    with open(args.gold, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
     for g in rows:
         if args.ids and g["id"] not in args.ids:
             continue
@@ -39,15 +40,20 @@ def main() -> None:
             continue
         print(f"== {g['id']} ({g['style']})\n   {g['text']}")
         for m in missed:
-            seen = [f"{others[c].status.value}:{others[c].text!r} cue={others[c].cue!r}" for c in m.split("|") if c in others]
+            seen = [
+                f"{others[c].status.value}:{others[c].text!r} cue={others[c].cue!r}"
+                for c in m.split("|")
+                if c in others
+            ]
             print(f"   MISSED {m} {' '.join(seen)}")
         for c in spurious:
             f = pred[c]
             tag = " (NEG-ERR)" if c in g.get("absent", []) else ""
             print(f"   SPURIOUS {c}{tag}: {f.text!r}")
         if risk_bad or args.risk:
-            print(f"   risk {a.overdose_risk.level.value} (score {a.overdose_risk.score}) gold {g['overdose_risk']}: "
-                  + ", ".join(f"{r.factor}{r.weight:+d}" for r in a.overdose_risk.reasons))
+            level, score = a.overdose_risk.level.value, a.overdose_risk.score
+            reasons = ", ".join(f"{r.factor}{r.weight:+d}" for r in a.overdose_risk.reasons)
+            print(f"   risk {level} (score {score}) gold {g['overdose_risk']}: {reasons}")
         if lacks:
             print(f"   plan lacks {lacks}")
 

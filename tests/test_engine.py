@@ -1,0 +1,110 @@
+"""The engine: the whole assessment a worker gets back."""
+
+from __future__ import annotations
+
+import pytest
+
+import riskset
+from riskset import InputError, assess
+from riskset.models import Finding
+
+from .conftest import JESSICA
+
+
+def test_jessica_as_the_seed_writes_it() -> None:
+    a = assess(JESSICA)
+    expected = {
+        "substance:heroin", "route:injection", "tolerance_loss", "grief_or_loss",
+        "mood_depressed", "mood_anxious", "intends_to_use", "new_equipment",
+        "location:encampment", "unhoused", "rushed_use",
+    }  # fmt: skip
+    assert expected <= a.present_codes()
+    assert a.overdose_risk.level in ("high", "very_high")
+    tolerance = [r for r in a.overdose_risk.reasons if "tolerance_loss" in r.because]
+    assert tolerance and tolerance[0].evidence == ["stopped using for a few months"]
+    plan = {p.strategy: p for p in a.plan}
+    for sid in ("naloxone", "dont_use_alone", "start_low", "test_strips", "mental_health_support"):
+        assert sid in plan and plan[sid].why, sid
+
+
+def test_every_finding_shows_its_words() -> None:
+    a = assess(JESSICA)
+    for f in a.findings:
+        if f.source == "narrative":
+            assert JESSICA[f.start : f.end] == f.text
+
+
+def test_urgent_overdose_now_comes_first_with_what_to_do() -> None:
+    a = assess("my friend is not breathing and his lips are blue, we did fent")
+    assert a.urgent[0].id == "overdose_now"
+    assert any("naloxone" in step.lower() for step in a.urgent[0].what_to_do)
+    assert a.plan[0].urgent and a.plan[0].strategy in ("overdose_response", "naloxone")
+    assert a.overdose_risk.level == "very_high"
+
+
+@pytest.mark.parametrize(
+    ("text", "flag"),
+    [
+        ("says he doesn't care if he wakes up anymore, shooting dope alone", "suicide_risk"),
+        ("smoked crack all night and now has chest pain", "stimulant_chest_pain"),
+        ("abscess on her arm and a fever since yesterday, still injecting", "fever_with_wound"),
+    ],
+)
+def test_urgent_dangers(text: str, flag: str) -> None:
+    a = assess(text)
+    assert flag in [u.id for u in a.urgent]
+    assert a.main_issue.startswith(a.urgent[0].title)
+
+
+def test_no_urgent_flag_for_a_past_overdose_or_a_denial() -> None:
+    assert assess("OD'd last year, denies suicidal thoughts, smokes fent").urgent == []
+
+
+def test_treatment_is_never_pushed() -> None:
+    plan = {p.strategy for p in assess("injects heroin daily, no interest in stopping").plan}
+    assert not plan & {"moud", "treatment_referral", "reduce_use_plan"}
+    wants = {p.strategy for p in assess("injects heroin daily and wants to cut down").plan}
+    assert {"moud", "reduce_use_plan"} <= wants
+    stop = {p.strategy for p in assess("drinks a fifth a day and wants to stop drinking").plan}
+    assert "treatment_referral" in stop
+
+
+def test_dangerous_mix_raises_risk_and_plans_avoid_mixing() -> None:
+    a = assess("takes xanax bars with her oxys every night")
+    assert a.combinations and a.combinations[0].risk == "dangerous"
+    assert any(r.factor == "dangerous_mix" for r in a.overdose_risk.reasons)
+    assert "avoid_mixing" in {p.strategy for p in a.plan}
+
+
+def test_cannabis_alone_is_low_risk_without_naloxone() -> None:
+    a = assess("Smokes weed every day. No other substance use reported.")
+    assert a.overdose_risk.level == "low"
+    assert "naloxone" not in {p.strategy for p in a.plan}
+
+
+def test_connected_harms_follow_findings() -> None:
+    harms = {
+        h.id for h in assess("shares needles at the camp, cops keep sweeping it").connected_harms
+    }
+    assert {"blood_borne_infection", "police_displacement"} <= harms
+
+
+def test_assess_from_findings() -> None:
+    a = riskset.assess_findings([Finding(code="substance:fentanyl"), Finding(code="using_alone")])
+    assert a.overdose_risk.level in ("high", "very_high")
+    with pytest.raises(InputError, match="unknown code"):
+        riskset.assess_findings([Finding(code="substance:unobtainium")])
+
+
+@pytest.mark.parametrize("bad", ["", "   \n ", "x" * 1_000_001, "a\x00b"])
+def test_bad_text_gets_a_clear_error(bad: str) -> None:
+    with pytest.raises(InputError):
+        assess(bad)
+
+
+def test_plan_is_grouped_urgent_first() -> None:
+    a = assess("thinks about killing himself, injects fent alone in his car")
+    assert a.plan[0].strategy == "crisis_support" and a.plan[0].urgent
+    spectra = [p.spectrum for p in a.plan if not p.urgent]
+    order = ["safer_use", "managed_use", "abstinence", "conditions_of_use"]
+    assert spectra == sorted(spectra, key=order.index)

@@ -1,0 +1,66 @@
+"""Reading accuracy on the project's own labelled narratives (never the shared dev set).
+
+The floors are the figures measured when they were last raised; a change that reads worse fails.
+`make bench` prints the current figures for every set.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from riskset.cli import assess_lines
+
+from .conftest import SHARED
+
+HERE = Path(__file__).parent / "narratives"
+FLOORS = {
+    "labelled.jsonl": {
+        "f1": 0.85,
+        "negation_errors": 40,
+        "risk_agreement": 0.68,
+        "plan_recall": 0.82,
+    },
+}
+
+
+def scorer() -> ModuleType:
+    path = SHARED / "tools" / "score_narratives.py"
+    if not path.exists():
+        pytest.skip(f"the shared scorer is not at {path}")
+    spec = importlib.util.spec_from_file_location("score_narratives", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def figures(name: str) -> dict[str, Any]:
+    gold = [json.loads(line) for line in (HERE / name).read_text(encoding="utf-8").splitlines()]
+    lines = [json.dumps({"id": g["id"], "text": g["text"]}) for g in gold]
+    out = [json.loads(line) for line in assess_lines(lines)]
+    result: dict[str, Any] = scorer().score(gold, out)
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_reading_holds_its_floor(name: str) -> None:
+    got = figures(name)
+    floor = FLOORS[name]
+    assert got["missing_outputs"] == 0
+    assert got["f1"] >= floor["f1"], got
+    assert got["negation_errors"] <= floor["negation_errors"], got
+    assert got["risk_agreement"] >= floor["risk_agreement"], got
+    assert got["plan_recall"] >= floor["plan_recall"], got
+
+
+def test_labelled_sets_are_big_enough_and_use_known_codes() -> None:
+    rows = [json.loads(line) for line in (HERE / "labelled.jsonl").read_text().splitlines()]
+    assert len(rows) >= 150
+    with_context = [r for r in rows if r["absent"]]
+    assert len(with_context) >= len(rows) / 3

@@ -1,0 +1,119 @@
+"""The reader: findings, their status, and exact evidence offsets, on any text."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import riskset
+from riskset.models import Status
+
+
+def statuses(text: str) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for f in riskset.read(text).findings:
+        found.setdefault(f.code, set()).add(f.status.value)
+    return found
+
+
+def present(text: str) -> set[str]:
+    return {c for c, s in statuses(text).items() if "present" in s}
+
+
+@pytest.mark.parametrize(
+    ("text", "code", "status"),
+    [
+        ("denies benzo use, drinks most nights", "substance:benzodiazepines", "absent"),
+        ("she used to shoot but smokes it now", "route:injection", "historical"),
+        ("she used to shoot but smokes it now", "route:smoking", "present"),
+        ("if he can't find a ride he'll use alone", "using_alone", "hypothetical"),
+        ("quit drinking last year, smokes weed", "substance:alcohol", "historical"),
+        ("not using alone anymore, her roommate checks on her", "using_alone", "absent"),
+        ("Not feeling suicidal but can't sleep", "suicidal_ideation", "absent"),
+        ("no narcan on him", "no_naloxone", "present"),
+        ("doesnt have narcan", "no_naloxone", "present"),
+        ("Has narcan.", "has_naloxone", "present"),
+        (
+            "asked if it's ok to mix xanax with her oxys?",
+            "substance:benzodiazepines",
+            "hypothetical",
+        ),
+    ],
+)
+def test_status(text: str, code: str, status: str) -> None:
+    assert status in statuses(text).get(code, set()), statuses(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "her brother OD'd last month",
+        "his girlfriend overdosed in their van",
+        "a friend of hers overdosed on coke",
+    ],
+)
+def test_someone_elses_overdose_is_not_the_persons(text: str) -> None:
+    assert "prior_overdose" not in present(text)
+    others = {f.code for f in riskset.read(text).about_others}
+    assert "prior_overdose" in others
+
+
+def test_clause_ends_negation_scope() -> None:
+    found = present("denies opioids but uses meth daily")
+    assert "substance:methamphetamine" in found
+    assert "substance:opioid" not in found
+
+
+def test_text_without_punctuation() -> None:
+    found = present("not using dope anymore just drinking on weekends")
+    assert "substance:heroin" not in found
+    assert "substance:alcohol" in found
+
+
+def test_street_names_and_misspellings() -> None:
+    assert "substance:fentanyl" in present("smokin fetty on foil")
+    assert "substance:heroin" in present("copped some herion")
+    assert "substance:benzodiazepines" in present("took 2 xanex bars")
+    assert "substance:methamphetamine" in present("been on tina all weekend")
+    assert "suicidal_ideation" in present("i feel sooo done, wanna die")
+
+
+def test_names_that_are_also_street_names() -> None:
+    assert "substance:methamphetamine" not in present("Tina came by the van for socks.")
+    assert "substance:mdma" not in present("Molly is 22 and drinks on weekends.")
+
+
+def test_tolerance_loss_needs_a_break_and_a_return() -> None:
+    assert "tolerance_loss" in present("just got out of jail after 8 months, picking up tonight")
+    assert "tolerance_loss" not in present("just got out of jail after 8 months, staying with mom")
+
+
+def test_someone_else_in_the_clause() -> None:
+    found = present(
+        "Her partner hits her when he's drunk. She injects in the gas station bathroom."
+    )
+    assert "substance:alcohol" not in found
+    assert {"violence_risk", "route:injection", "location:public_restroom"} <= found
+
+
+def test_evidence_offsets_are_exact_with_unicode_and_crlf() -> None:
+    text = "😀 Pt reports\r\nsmoking fentanyl 💊 in the park,\r\nno narcan — café night"
+    findings = riskset.read(text).findings
+    assert findings
+    for f in findings:
+        assert f.start is not None and f.end is not None
+        assert text[f.start : f.end] == f.text
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(max_size=400))
+def test_any_text_reads_with_valid_spans_and_the_same_answer_twice(text: str) -> None:
+    first = riskset.read(text)
+    for f in first.findings + first.signs + first.about_others:
+        if f.start is not None:
+            assert 0 <= f.start <= f.end <= len(text)  # type: ignore[operator]
+            assert text[f.start : f.end] == f.text
+        assert f.status in Status
+    again = riskset.read(text)
+    assert [f.model_dump() for f in again.findings] == [f.model_dump() for f in first.findings]
