@@ -81,6 +81,7 @@ class Substance(_Strict):
     route_notes: str
     what_helps: list[str]
     note: str = ""
+    treatment: bool = Field(False, description="a medication for opioid use disorder")
     source: str
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -351,7 +352,7 @@ class KnowledgeBase:
         """Every code a rule mentions must exist: a misspelt code would silently never fire."""
         known = set(self.all_codes()) | {f"class:{c}" for c in SUBSTANCE_CLASSES}
         known |= {f"combo:{c}" for c in RiskCategory.__args__}  # type: ignore[attr-defined]
-        known |= {f"risk:{lv.value}" for lv in Level} | {"combo:stack"}
+        known |= {f"risk:{lv.value}" for lv in Level} | {"combo:stack", "moud_only"}
         known |= {"class:any"} | {f"maybe_combo:{c}" for c in RiskCategory.__args__}  # type: ignore[attr-defined]
         findings = [*self.codes, *(s.code for s in self.substances.values())]
         known |= {f"{prefix}:{c}" for prefix in ("maybe", "not", "past") for c in findings}

@@ -76,6 +76,9 @@ class Trigger(_Strict):
     stop_at: list[str] = Field(
         default_factory=list, description="words that begin another clause for this trigger"
     )
+    comma_ends: bool = Field(
+        False, description="a comma ends the scope unless a list goes on (heroin, meth, ...)"
+    )
 
 
 class Derivation(_Strict):
@@ -494,6 +497,7 @@ class ContextReader:
 
     def scopes(self, doc: Doc, clause: list[int]) -> Iterator[_Scope]:
         vocab = doc.vocab.strings
+        ends = {m.end - 1 for m in doc._.riskset_mentions or []}
         matches = self.matcher(doc)
         pseudo = [(s, e) for k, s, e in matches if vocab[k] == "pseudo"]
         found = [(vocab[k], s, e) for k, s, e in matches if vocab[k] != "pseudo"]
@@ -520,6 +524,7 @@ class ContextReader:
                     and stop < end + trigger.window
                     and clause[stop] == here
                     and not (stop > end and doc[stop].norm_ in stops)
+                    and not (trigger.comma_ends and doc[stop].norm_ == "," and stop - 1 not in ends)
                 ):
                     stop += 1
                 yield _Scope(trigger.category, end, stop, cue, (start, end))

@@ -109,6 +109,9 @@ def facts_of(
             if klass:
                 facts.update((f"class:{klass}", "class:any"))
     present = substance_ids(findings)
+    opioids = [s for s in present if kb.substances[s].klass == "opioid"]
+    if opioids and all(kb.substances[s].treatment for s in opioids):
+        facts.add("moud_only")  # methadone or buprenorphine and no other opioid
     combos = combinations(present, kb)
     facts.update(f"combo:{c.risk}" for c in combos)
     if any(len(c.substances) > 2 for c in combos):
