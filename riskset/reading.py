@@ -76,6 +76,9 @@ class Trigger(_Strict):
     stop_at: list[str] = Field(
         default_factory=list, description="words that begin another clause for this trigger"
     )
+    from_words: list[str] = Field(
+        default_factory=list, description="a backward scope starts at the last of these words"
+    )
     comma_ends: bool = Field(
         False, description="a comma ends the scope unless a list goes on (heroin, meth, ...)"
     )
@@ -178,8 +181,12 @@ def _split_clitic(word: str) -> list[str]:
     return [word]
 
 
+CLAUSE_ENDS = [".", "!", "?", ";", ":", "(", ")", "\n", "\n\n", "...", "…"]
+
+
 def _is_plain(word: str) -> bool:
-    return not (word.startswith(("=", "#", "..", "\\", "/")) or word == "*" or word.endswith("*"))
+    special = word.startswith(("=", "#", "..", "\\", "/")) or word in ("*", "Title")
+    return not (special or word.endswith("*"))
 
 
 def _split_top(text: str, sep: str) -> list[str]:
@@ -224,8 +231,11 @@ def _token_spec(part: str) -> dict[str, Any]:
         return {"ORTH": "?"}
     if part == "*":
         return {"IS_PUNCT": False}
+    if part == "Title":
+        return {"IS_TITLE": True}
     if part.startswith("..") and part[2:].isdigit():
-        return {"IS_PUNCT": False, "OP": f"{{0,{part[2:]}}}"}
+        # Any words, commas included ("lost his meds, ID and his narcan"), but not a sentence end.
+        return {"ORTH": {"NOT_IN": CLAUSE_ENDS}, "OP": f"{{0,{part[2:]}}}"}
     if part == "#":
         return {"LIKE_NUM": True}
     if len(part) > 2 and part.startswith("/") and part.endswith("/"):
@@ -417,10 +427,12 @@ class ContextReader:
         self.matcher = Matcher(nlp.vocab, validate=True)
         self.triggers: dict[str, Trigger] = {}
         self.stop_words: dict[str, set[str]] = {}
+        self.from_words: dict[str, set[str]] = {}
         for i, trigger in enumerate(context.triggers):
             key = f"trigger{i}"
             self.triggers[key] = trigger
             self.stop_words[key] = {fold(w) for w in trigger.stop_at}
+            self.from_words[key] = {fold(w) for w in trigger.from_words}
             self.matcher.add(key, [v for p in trigger.patterns for v in compile_pattern(p)])
         self.matcher.add(
             "pseudo", [v for p in context.pseudo for v in compile_pattern(p)] or [[{"ORTH": "\0"}]]
@@ -532,6 +544,13 @@ class ContextReader:
                 begin = start
                 while begin > 0 and begin > start - trigger.window and clause[begin - 1] == here:
                     begin -= 1
+                if trigger.from_words:
+                    # "the dope is purple??" is surprise, not a question about the dope: a question
+                    # reaches back only to its question word ("is it ok to mix ...?").
+                    asked = [i for i in range(begin, start) if doc[i].norm_ in self.from_words[key]]
+                    if not asked:
+                        continue
+                    begin = asked[-1]
                 yield _Scope(trigger.category, begin, start, cue, (start, end))
 
     def assign(self, mention: Mention, scopes: list[_Scope]) -> None:
