@@ -248,6 +248,62 @@ def codes_command(
     typer.echo("\n".join(f"{c:<{width}}  {label}" for c, label in rows))
 
 
+@app.command("check")
+def check_command(
+    names: Annotated[list[str], typer.Argument(help='Two or more drugs, e.g. fetty bars "lean".')],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the check as JSON.")] = False,
+) -> None:
+    """Check a combination: every pair rated, worst first, with why and what helps."""
+    from . import render
+    from .combinations import UnknownName, check
+
+    try:
+        result = check(names)
+    except (UnknownName, ValueError) as err:
+        raise fail(str(err)) from err
+    typer.echo(result.model_dump_json(indent=2) if as_json else render.combo_check(result))
+
+
+@app.command("drug")
+def drug_command(
+    name: Annotated[str, typer.Argument(help="A drug name, street name or brand.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the fact sheet as JSON.")] = False,
+) -> None:
+    """A substance's fact sheet: what overdose looks like, routes, what helps, riskiest mixes."""
+    from . import render
+    from .combinations import UnknownName, fact_sheet
+
+    try:
+        sheet = fact_sheet(name)
+    except UnknownName as err:
+        raise fail(str(err)) from err
+    typer.echo(sheet.model_dump_json(indent=2) if as_json else render.fact_sheet(sheet))
+
+
+@app.command("interactions")
+def interactions_command(
+    jsonl: Annotated[
+        bool, typer.Option("--jsonl", help='Batch: {"a", "b"} lines in, one rating line out each.')
+    ] = True,
+) -> None:
+    """Rate pairs in bulk: {"a", "b"} lines in, {"a", "b", "risk", "why", "source"} lines out."""
+    from .combinations import UnknownName, rate_pair
+
+    for raw in sys.stdin:
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in "ab"):
+                raise ValueError('each line must be an object like {"a": "heroin", "b": "xanax"}')
+            out: dict[str, Any] = rate_pair(row["a"], row["b"]).model_dump(exclude={"what_to_do"})
+        except json.JSONDecodeError as err:
+            out = {"error": f"not valid JSON ({err.msg} at column {err.colno})"}
+        except (UnknownName, ValueError, LookupError) as err:
+            out = {"a": row.get("a"), "b": row.get("b"), "error": str(err)}
+        typer.echo(json.dumps(out, ensure_ascii=False))
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Assess the seed's Jessica case and show the result: a first look at riskset."""

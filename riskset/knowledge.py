@@ -76,6 +76,11 @@ class Substance(_Strict):
     klass: SubstanceClass = Field(alias="class")
     aliases: list[str]
     case_sensitive_aliases: list[str] = Field(default_factory=list)
+    plain_names: list[str] = Field(
+        default_factory=list,
+        description="names that mean this drug when named on their own (a combination check), "
+        "but need context in running text (bars, rock, molly)",
+    )
     routes: list[Literal["injection", "smoking", "snorting", "oral"]]
     overdose_signs: list[str]
     route_notes: str

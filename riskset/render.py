@@ -8,6 +8,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Iterable
 
+from .combinations import ComboCheck, FactSheet
 from .knowledge import KnowledgeBase
 from .knowledge import load as load_knowledge
 from .models import Assessment, Finding, PlanItem, Status
@@ -132,3 +133,34 @@ def handout(a: Assessment) -> str:
         out.append("")
     out.append(_wrap(words.handout_closing, ""))
     return "\n".join(out) + "\n"
+
+
+def combo_check(c: ComboCheck) -> str:
+    """A combination check in plain words: the worst first, each with what to do."""
+    out = [c.summary, ""]
+    for combo in c.combinations:
+        names = " + ".join(_label(s) for s in combo.substances)
+        out.append(f"{combo.risk.replace('_', ' ').upper()}: {names}")
+        out.append(_wrap(combo.why))
+        out.append(_wrap(f"What helps: {combo.what_to_do}"))
+        out.append(_wrap(f"Source: {combo.source}"))
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def fact_sheet(f: FactSheet) -> str:
+    out = [f"{f.label} ({f.klass})", ""]
+    if f.also_called:
+        out.append(_wrap(f"Also called: {', '.join(f.also_called)}", ""))
+    out.append(_wrap(f"Taken by: {', '.join(f.routes) or 'see below'}. {f.route_notes}", ""))
+    out += ["", "What too much looks like:"] + [_wrap(f"- {sign}") for sign in f.overdose_signs]
+    out += ["", "What helps:"] + [_wrap(f"- {tip}") for tip in f.what_helps]
+    if f.riskiest_with:
+        out += ["", "Riskiest with:"]
+        out += [_wrap(f"- {_label(p.b)} ({p.risk}): {p.why}") for p in f.riskiest_with[:8]]
+    out += ["", _wrap(f"Source: {f.source}", "")]
+    return "\n".join(out) + "\n"
+
+
+def _label(sid: str) -> str:
+    return load_knowledge().label(f"substance:{sid}")
