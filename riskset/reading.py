@@ -19,13 +19,14 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
-from typing import Any, Literal
+from functools import cache, lru_cache
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .knowledge import Condition, KnowledgeBase, KnowledgeError, load_yaml
 from .knowledge import load as load_knowledge
+from .matching import RuleSet, Tokens
 from .models import Finding, Status
 
 Category = Literal["negated", "historical", "hypothetical", "other"]
@@ -134,122 +135,6 @@ def reader_rules() -> ReaderRules:
 
 
 # ---------------------------------------------------------------------------------------------
-# A small pattern language, so the rule files stay readable:
-#   word        the token's NORM is word          a|b|c     one word of these
-#   (a b|c)     one phrase of these                x?  (..)? may be left out
-#   pre*        NORM starts with pre               *         any one word
-#   ..N         up to N words (not punctuation)    #         a number
-#   =Word       exactly this, case and all         \\?        a literal question mark
-
-
-def compile_pattern(pattern: str) -> list[list[dict[str, Any]]]:
-    """One pattern string to the spaCy Matcher patterns it stands for (phrases multiply out)."""
-    variants: list[list[dict[str, Any]]] = [[]]
-    for slot in _slots(pattern):
-        optional = slot.endswith("?") and slot not in ("?", "\\?")
-        choices = _slot_choices(slot[:-1] if optional else slot)
-        if optional:
-            choices.append([])
-        variants = [v + c for v in variants for c in choices]
-    variants = [v for v in variants if v]
-    if not variants:
-        raise KnowledgeError(f"empty pattern {pattern!r}")
-    return variants
-
-
-def _slot_choices(slot: str) -> list[list[dict[str, Any]]]:
-    """The token sequences one slot allows: plain words share one IN test, phrases stand alone."""
-    words: list[str] = []
-    choices: list[list[dict[str, Any]]] = []
-    for alt in _split_top(slot, "|"):
-        phrases = _split_top(alt[1:-1], "|") if alt.startswith("(") and alt.endswith(")") else [alt]
-        for phrase in phrases:
-            parts = [w for word in phrase.split() for w in _split_clitic(word)]
-            if len(parts) == 1 and _is_plain(parts[0]):
-                words.append(parts[0])
-            elif parts:
-                choices.append([_token_spec(w) for w in parts])
-    if words:
-        choices.insert(0, [_token_spec("|".join(words))])
-    return choices
-
-
-def _split_clitic(word: str) -> list[str]:
-    # The tokenizer reads "friend's" as "friend" + "'s"; so must the patterns.
-    if len(word) > 2 and word.endswith(("'s", "s'")) and word[0].isalnum() and word.count("'") == 1:
-        return [word[:-2], "'s"] if word.endswith("'s") else [word[:-1], "'"]
-    return [word]
-
-
-CLAUSE_ENDS = [".", "!", "?", ";", ":", "(", ")", "\n", "\n\n", "...", "…"]
-
-
-def _is_plain(word: str) -> bool:
-    special = word.startswith(("=", "#", "..", "\\", "/")) or word in ("*", "Title")
-    return not (special or word.endswith("*"))
-
-
-def _split_top(text: str, sep: str) -> list[str]:
-    """Split on sep outside parentheses."""
-    parts: list[str] = []
-    depth = 0
-    current = ""
-    for ch in text:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch == sep and depth == 0:
-            parts.append(current)
-            current = ""
-        else:
-            current += ch
-    parts.append(current)
-    return [p for p in parts if p]
-
-
-def _slots(pattern: str) -> list[str]:
-    slots: list[str] = []
-    depth = 0
-    current = ""
-    for ch in pattern:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch.isspace() and depth == 0:
-            if current:
-                slots.append(current)
-            current = ""
-        else:
-            current += ch
-    if depth or not pattern.strip():
-        raise KnowledgeError(f"unbalanced or empty pattern {pattern!r}")
-    if current:
-        slots.append(current)
-    return slots
-
-
-def _token_spec(part: str) -> dict[str, Any]:
-    if part == "\\?":
-        return {"ORTH": "?"}
-    if part == "*":
-        return {"IS_PUNCT": False}
-    if part == "Title":
-        return {"IS_TITLE": True}
-    if part.startswith("..") and part[2:].isdigit():
-        # Any words, commas included ("lost his meds, ID and his narcan"), but not a sentence end.
-        return {"ORTH": {"NOT_IN": CLAUSE_ENDS}, "OP": f"{{0,{part[2:]}}}"}
-    if part == "#":
-        return {"LIKE_NUM": True}
-    if len(part) > 2 and part.startswith("/") and part.endswith("/"):
-        return {"NORM": {"REGEX": part[1:-1]}}
-    if part.startswith("=") and len(part) > 1:
-        return {"ORTH": part[1:]}
-    if "|" in part:
-        return {"NORM": {"IN": [normalise_word(p) for p in part.split("|")]}}
-    if part.endswith("*") and len(part) > 1:
-        return {"NORM": {"REGEX": "^" + re.escape(normalise_word(part[:-1]))}}
-    return {"NORM": normalise_word(part)}
-
-
-# ---------------------------------------------------------------------------------------------
 # Normalising what people type
 
 _STRETCH = re.compile(r"(\w)\1{2,}")
@@ -262,6 +147,7 @@ def fold(word: str) -> str:
     return "".join(c for c in decomposed if not unicodedata.combining(c))
 
 
+@lru_cache(maxsize=200_000)
 def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
     word = fold(word)
     if _STRETCH.search(word):
@@ -277,7 +163,6 @@ def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
 
 try:  # spaCy is imported lazily by load(); the factories are registered on first use.
     from spacy.language import Language
-    from spacy.matcher import Matcher
     from spacy.tokens import Doc, Span
 except ImportError as err:  # pragma: no cover - spaCy is a hard dependency
     raise ImportError("riskset needs spaCy: pip install riskset") from err
@@ -303,6 +188,7 @@ class Reading:
 
 
 if not Doc.has_extension("riskset_mentions"):
+    Doc.set_extension("riskset_tokens", default=None)
     Doc.set_extension("riskset_mentions", default=None)
     Doc.set_extension("riskset_reading", default=None)
 
@@ -323,17 +209,27 @@ class Normalizer:
         self._cache: dict[str, str] = {}
 
     def __call__(self, doc: Doc) -> Doc:
+        # One pass over the tokens: Python-level token access is the pipeline's main cost.
         cache_ = self._cache
+        norms: list[str] = []
+        texts: list[str] = []
+        like_num: list[bool] = []
+        is_title: list[bool] = []
         for token in doc:
             text = token.text
             norm = cache_.get(text)
             if norm is None:
+                spacy_norm = token.norm_
                 norm = normalise_word(
-                    token.norm_ if token.norm_ != text.lower() else text, self.known
+                    spacy_norm if spacy_norm != text.lower() else text, self.known
                 )
                 if len(cache_) < 100_000:
                     cache_[text] = norm
-            token.norm_ = norm
+            norms.append(norm)
+            texts.append(text)
+            like_num.append(token.like_num)
+            is_title.append(token.is_title)
+        doc._.riskset_tokens = Tokens(norms, texts, like_num, is_title)
         return doc
 
 
@@ -347,34 +243,35 @@ class TargetMatcher:
 
     def __init__(self, nlp: Language, kb: KnowledgeBase) -> None:
         rules = reader_rules()
-        self.matcher = Matcher(nlp.vocab, validate=True)
-        self.blockers = Matcher(nlp.vocab, validate=True)
+        self.matcher = RuleSet(normalise_word)
+        self.blockers = RuleSet(normalise_word)
         # One matcher key per rule, so a mention knows which rule (and immunity) found it.
         self.rule_of: dict[str, tuple[str, frozenset[str]]] = {}
         for substance in kb.substances.values():
             self._add(substance.code, substance.code, [*substance.aliases], frozenset())
-            for alias in substance.case_sensitive_aliases:
-                self.matcher.add(substance.code, [[{"ORTH": alias}]])
+            self.matcher.add(
+                substance.code, [f"={alias}" for alias in substance.case_sensitive_aliases]
+            )
         for i, rule in enumerate(rules.rules):
             self._add(f"{rule.code}#{i}", rule.code, rule.patterns, frozenset(rule.immune))
         for i, blocker in enumerate(rules.blockers):
             key = f"block{i}"
-            self.blockers.add(key, [v for p in blocker.patterns for v in compile_pattern(p)])
+            self.blockers.add(key, blocker.patterns)
         self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
         self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
 
     def _add(self, key: str, code: str, patterns: Iterable[str], immune: frozenset[str]) -> None:
         self.rule_of[key] = (code, immune)
-        self.matcher.add(key, [v for p in patterns for v in compile_pattern(p)])
+        self.matcher.add(key, patterns)
 
     def __call__(self, doc: Doc) -> Doc:
-        vocab = doc.vocab.strings
+        tokens: Tokens = doc._.riskset_tokens
         blocked: list[tuple[int, int, set[str]]] = [
-            (s, e, self.blocked_codes[vocab[k]]) for k, s, e in self.blockers(doc)
+            (s, e, self.blocked_codes[k]) for k, s, e in self.blockers(tokens)
         ]
         mentions: list[Mention] = []
-        for key, start, end in self.matcher(doc):
-            code, immune = self.rule_of[vocab[key]]
+        for key, start, end in self.matcher(tokens):
+            code, immune = self.rule_of[key]
             if any(s < end and start < e and code in codes for s, e, codes in blocked):
                 continue
             mentions.append(Mention(code, start, end, immune=immune))
@@ -418,13 +315,17 @@ class _Scope:
     trigger: tuple[int, int]
 
 
+SENTENCE_ENDS = frozenset({".", "!", "?", ";", "...", "…"})
+CLAUSE_MARKS = frozenset({",", "-", "--", "—", "–", "(", ")", ":"})
+
+
 class ContextReader:
     """Gives each mention its status from the trigger words around it (after ConText)."""
 
     def __init__(self, nlp: Language) -> None:
         context = reader_rules().context
         self.rules = context
-        self.matcher = Matcher(nlp.vocab, validate=True)
+        self.matcher = RuleSet(normalise_word)
         self.triggers: dict[str, Trigger] = {}
         self.stop_words: dict[str, set[str]] = {}
         self.from_words: dict[str, set[str]] = {}
@@ -433,10 +334,8 @@ class ContextReader:
             self.triggers[key] = trigger
             self.stop_words[key] = {fold(w) for w in trigger.stop_at}
             self.from_words[key] = {fold(w) for w in trigger.from_words}
-            self.matcher.add(key, [v for p in trigger.patterns for v in compile_pattern(p)])
-        self.matcher.add(
-            "pseudo", [v for p in context.pseudo for v in compile_pattern(p)] or [[{"ORTH": "\0"}]]
-        )
+            self.matcher.add(key, trigger.patterns)
+        self.matcher.add("pseudo", context.pseudo)
         self.terminators = {normalise_word(w) for w in context.terminators}
         self.subjects = {fold(w) for w in context.subjects}
         self.clause_starters = {normalise_word(w) for w in context.clause_starters}
@@ -448,20 +347,21 @@ class ContextReader:
         mentions: list[Mention] = doc._.riskset_mentions or []
         if not mentions:
             return doc
-        bounds = self.clause_bounds(doc)
-        scopes = list(self.scopes(doc, bounds))
-        scopes += self.other_person_scopes(doc, bounds)
+        tokens: Tokens = doc._.riskset_tokens
+        bounds = self.clause_bounds(tokens)
+        scopes = list(self.scopes(doc, tokens, bounds))
+        scopes += self.other_person_scopes(tokens, bounds)
         for mention in mentions:
             self.assign(mention, scopes)
         return doc
 
-    def other_person_scopes(self, doc: Doc, clause: list[int]) -> list[_Scope]:
+    def other_person_scopes(self, t: Tokens, clause: list[int]) -> list[_Scope]:
         """Clauses whose subject is a different person from the one the narrative is about.
 
         In "D's partner hits her when he's drunk. She injects ..." the narrative is about "she";
         "he's drunk" is the partner. The person is whoever the pronouns mostly point at.
         """
-        people = [self.person_of.get(t.norm_) for t in doc]
+        people = [self.person_of.get(norm) for norm in t.norms]
         counts = {who: people.count(who) for who in set(people) if who}
         if len(counts) < 2:
             return []
@@ -470,49 +370,43 @@ class ContextReader:
             return []
         main = ranked[0][0]
         scopes: list[_Scope] = []
-        for i, token in enumerate(doc):
-            who = people[i]
-            if who and who != main and token.norm_ in self.subjects:
+        for i, who in enumerate(people):
+            if who and who != main and t.norms[i] in self.subjects:
                 end = i + 1
-                while end < len(doc) and clause[end] == clause[i] and people[end] != main:
+                while end < len(t) and clause[end] == clause[i] and people[end] != main:
                     end += 1
-                scopes.append(_Scope("other", i, end, token.text, (i, i + 1)))
+                scopes.append(_Scope("other", i, end, t.texts[i], (i, i + 1)))
         return scopes
 
-    def clause_bounds(self, doc: Doc) -> list[int]:
+    def clause_bounds(self, t: Tokens) -> list[int]:
         """For each token, the index of the clause it belongs to."""
         clause = 0
         ids: list[int] = []
-        for i, token in enumerate(doc):
-            norm = token.norm_
-            if token.is_sent_start and i > 0:
-                clause += 1
-            if norm in (".", "!", ";", "\n") or "\n" in token.text or token.text in ("...", "…"):
+        norms = t.norms
+        for i, norm in enumerate(norms):
+            if norm in SENTENCE_ENDS or "\n" in t.texts[i]:
                 ids.append(clause)
                 clause += 1
                 continue
             if norm in self.terminators:
                 clause += 1
-            elif norm in (",", "-", "--", "—", "–", "(", ")", ":") and self._starts_clause(
-                doc, i + 1
-            ):
+            elif norm in CLAUSE_MARKS and self._starts_clause(t, i + 1):
                 ids.append(clause)
                 clause += 1
                 continue
-            elif norm == "and" and self._starts_clause(doc, i + 1):
+            elif norm == "and" and self._starts_clause(t, i + 1):
                 clause += 1
             ids.append(clause)
         return ids
 
-    def _starts_clause(self, doc: Doc, i: int) -> bool:
-        return i < len(doc) and doc[i].norm_ in self.clause_starters
+    def _starts_clause(self, t: Tokens, i: int) -> bool:
+        return i < len(t) and t.norms[i] in self.clause_starters
 
-    def scopes(self, doc: Doc, clause: list[int]) -> Iterator[_Scope]:
-        vocab = doc.vocab.strings
+    def scopes(self, doc: Doc, t: Tokens, clause: list[int]) -> Iterator[_Scope]:
         ends = {m.end - 1 for m in doc._.riskset_mentions or []}
-        matches = self.matcher(doc)
-        pseudo = [(s, e) for k, s, e in matches if vocab[k] == "pseudo"]
-        found = [(vocab[k], s, e) for k, s, e in matches if vocab[k] != "pseudo"]
+        matches = self.matcher(t)
+        pseudo = [(s, e) for k, s, e in matches if k == "pseudo"]
+        found = [(k, s, e) for k, s, e in matches if k != "pseudo"]
         # Longest trigger first, so "no longer" is not also read as "no".
         found.sort(key=lambda m: (m[1] - m[2], m[1]))
         taken: list[tuple[int, int, str]] = []
@@ -532,11 +426,11 @@ class ContextReader:
                 stop = end
                 stops = self.stop_words[key]
                 while (
-                    stop < len(doc)
+                    stop < len(t)
                     and stop < end + trigger.window
                     and clause[stop] == here
-                    and not (stop > end and doc[stop].norm_ in stops)
-                    and not (trigger.comma_ends and doc[stop].norm_ == "," and stop - 1 not in ends)
+                    and not (stop > end and t.norms[stop] in stops)
+                    and not (trigger.comma_ends and t.norms[stop] == "," and stop - 1 not in ends)
                 ):
                     stop += 1
                 yield _Scope(trigger.category, end, stop, cue, (start, end))
@@ -547,7 +441,7 @@ class ContextReader:
                 if trigger.from_words:
                     # "the dope is purple??" is surprise, not a question about the dope: a question
                     # reaches back only to its question word ("is it ok to mix ...?").
-                    asked = [i for i in range(begin, start) if doc[i].norm_ in self.from_words[key]]
+                    asked = [i for i in range(begin, start) if t.norms[i] in self.from_words[key]]
                     if not asked:
                         continue
                     begin = asked[-1]
@@ -693,7 +587,6 @@ def load() -> Language:
     import spacy
 
     nlp = spacy.blank("en")
-    nlp.add_pipe("sentencizer")
     for name in PIPELINE:
         nlp.add_pipe(name)
     return nlp

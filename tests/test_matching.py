@@ -1,0 +1,66 @@
+"""The rule pattern language: what each piece of syntax matches."""
+
+from __future__ import annotations
+
+import pytest
+
+from riskset.matching import PatternError, RuleSet, Tokens, phrases_of
+
+
+def tokens(text: str) -> Tokens:
+    words = text.split()
+    return Tokens(
+        norms=[w.lower() for w in words],
+        texts=words,
+        like_num=[w.isdigit() for w in words],
+        is_title=[w.istitle() for w in words],
+    )
+
+
+def matches(pattern: str, text: str) -> list[str]:
+    rules = RuleSet(str.lower)
+    rules.add("k", [pattern])
+    t = tokens(text)
+    return sorted(" ".join(t.texts[s:e]) for _, s, e in rules(t))
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "found"),
+    [
+        ("no narcan", "she has no narcan today", ["no narcan"]),
+        ("a|two bag|bags", "bought two bags", ["two bags"]),
+        ("(in a hurry|rushed)", "did it in a hurry", ["in a hurry"]),
+        ("the? shelter", "at the shelter", ["shelter", "the shelter"]),
+        ("lost ..2 narcan", "lost my kit , narcan too", []),
+        ("lost ..3 narcan", "lost his meds , narcan", ["lost his meds , narcan"]),
+        ("lost ..3 narcan", "lost it . narcan", []),
+        ("# days straight", "up 4 days straight", ["4 days straight"]),
+        ("=K", "did some K and k", ["K"]),
+        ("inject*", "injecting daily", ["injecting"]),
+        ("his Title? died", "his friend Jimmy died", []),
+        ("friend Title? died", "his friend Jimmy died", ["friend Jimmy died"]),
+        ("/^g[0-9]p[0-9]/", "G2P1 pt", ["G2P1"]),
+        ("friend's couch", "friend 's couch", ["friend 's couch"]),
+    ],
+)
+def test_syntax(pattern: str, text: str, found: list[str]) -> None:
+    assert matches(pattern, text) == found
+
+
+def test_plain_patterns_expand_to_phrases() -> None:
+    assert phrases_of("a|b (c d|e)", str.lower) == [
+        ("a", "c", "d"),
+        ("a", "e"),
+        ("b", "c", "d"),
+        ("b", "e"),
+    ]
+    assert phrases_of("a ..2 b", str.lower) is None
+
+
+def test_longest_match_per_start() -> None:
+    assert matches("fent dope?", "fent dope") == ["fent dope"]
+
+
+def test_broken_pattern_is_refused() -> None:
+    with pytest.raises(PatternError):
+        RuleSet(str.lower).add("k", ["(a b"])
