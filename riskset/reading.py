@@ -454,11 +454,11 @@ class ContextReader:
             for s in scopes
             if s.category not in immune
             and s.start <= mention.start < s.end
-            # A trigger inside the mention is part of it ("no narcan"); but "his girlfriend
-            # overdosed" puts the verb itself in someone else's mouth.
+            # A trigger wholly inside the mention is part of it ("no narcan"); but "his
+            # girlfriend overdosed" puts the verb itself in someone else's mouth.
             and (
                 s.category == "other"
-                or not (s.trigger[0] < mention.end and mention.start < s.trigger[1])
+                or not (mention.start <= s.trigger[0] and s.trigger[1] <= mention.end)
             )
         ]
         if not reaching:
