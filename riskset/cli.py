@@ -304,6 +304,70 @@ def interactions_command(
         typer.echo(json.dumps(out, ensure_ascii=False))
 
 
+def _text_jsonl(handle: Any) -> None:
+    """{"id", "text"} lines in; handle(text) gives the rest of each output line, in order."""
+    for raw in sys.stdin.buffer:
+        try:
+            rid, text, error = _parse_line(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            rid, text, error = None, None, "the line is not UTF-8 text"
+        if not raw.strip():
+            continue
+        out: dict[str, Any] = {"id": rid}
+        if error is not None or text is None:
+            out["error"] = error
+        else:
+            out.update(handle(text))
+        typer.echo(json.dumps(out, ensure_ascii=False))
+
+
+@app.command("language")
+def language_command(
+    text: Annotated[str | None, typer.Argument(help="Text to check; - for stdin.")] = None,
+    jsonl: Annotated[
+        bool, typer.Option("--jsonl", help='Batch: {"id", "text"} lines in, {"id", "issues"} out.')
+    ] = False,
+) -> None:
+    """Find stigmatising words and suggest person-first ones ("clean needles" is fine)."""
+    from .language import check
+
+    def issues(t: str) -> dict[str, Any]:
+        return {"issues": [i.model_dump() for i in check(t)]}
+
+    if jsonl:
+        _text_jsonl(issues)
+        return
+    words = read_input(text)
+    found = check(words)
+    if not found:
+        typer.echo("No stigmatising language found.")
+    for issue in found:
+        typer.echo(
+            f'"{issue.text}" ({issue.start}-{issue.end}): try "{issue.suggestion}". {issue.why}'
+        )
+
+
+@app.command("scrub")
+def scrub_command(
+    text: Annotated[str | None, typer.Argument(help="Text to scrub; - for stdin.")] = None,
+    jsonl: Annotated[
+        bool,
+        typer.Option("--jsonl", help='Batch: {"id", "text"} in, {"id", "text", "removed"} out.'),
+    ] = False,
+) -> None:
+    """Remove names, phone numbers, emails, addresses, birth dates and IDs from text."""
+    from .scrub import scrub
+
+    def scrubbed(t: str) -> dict[str, Any]:
+        result = scrub(t)
+        return {"text": result.text, "removed": [r.model_dump() for r in result.removed]}
+
+    if jsonl:
+        _text_jsonl(scrubbed)
+        return
+    typer.echo(scrub(read_input(text)).text)
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Assess the seed's Jessica case and show the result: a first look at riskset."""

@@ -104,3 +104,20 @@ def test_readme_documents_every_command() -> None:
     commands = [c.name for c in app.registered_commands] + [g.name for g in app.registered_groups]
     missing = [c for c in commands if c and f"riskset {c}" not in readme]
     assert missing == []
+
+
+def test_language_check_reads_context() -> None:
+    code, out, _ = run("language", "uses clean needles and has been clean for a year")
+    assert code == 0 and out.count('"clean"') == 1 and "try" in out
+    lines = '{"id": "a", "text": "the addict relapsed"}\n{"id": "b", "text": "user account"}\n'
+    code, out, _ = run("language", "--jsonl", stdin=lines)
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [len(r["issues"]) for r in rows] == [2, 0]
+
+
+def test_scrub_removes_what_identifies_and_keeps_drug_words() -> None:
+    text = "Jessica Reyes, DOB 3/14/1988, 555-201-3344, smokes tina behind 12 Elm St"
+    code, out, _ = run("scrub", "--jsonl", stdin=json.dumps({"id": 1, "text": text}) + "\n")
+    row = json.loads(out)
+    assert code == 0 and "Jessica" not in row["text"] and "555" not in row["text"]
+    assert "tina" in row["text"] and {r["kind"] for r in row["removed"]} >= {"name", "dob", "phone"}
