@@ -454,10 +454,10 @@ class ContextReader:
             for s in scopes
             if s.category not in immune
             and s.start <= mention.start < s.end
-            # A trigger wholly inside the mention is part of it ("no narcan"); but "his
-            # girlfriend overdosed" puts the verb itself in someone else's mouth.
+            # A negation or condition wholly inside the mention is part of its meaning ("no
+            # narcan", "might have fent in it"); "used to" or "his girlfriend overdosed" are not.
             and (
-                s.category == "other"
+                s.category in ("other", "historical")
                 or not (mention.start <= s.trigger[0] and s.trigger[1] <= mention.end)
             )
         ]
