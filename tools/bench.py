@@ -1,0 +1,119 @@
+"""`make bench`: reading speed, cold start, peak memory, and accuracy on every labelled set.
+
+Prints figures; asserts nothing (speed depends on the machine; tests check behaviour).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RISKSET = [str(ROOT / ".venv" / "bin" / "riskset")]
+SETS = [
+    ROOT.parent / "shared" / "data" / "dev-narratives.jsonl",
+    ROOT / "tests" / "narratives" / "labelled.jsonl",
+    ROOT / "tests" / "narratives" / "heldout.jsonl",
+    ROOT / "tests" / "narratives" / "blind.jsonl",
+]
+
+
+def rows(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
+def batch(n: int) -> str:
+    texts = [r["text"] for p in SETS[1:] if p.exists() for r in rows(p)]
+    lines = [json.dumps({"id": i, "text": texts[i % len(texts)]}) for i in range(n)]
+    return "\n".join(lines) + "\n"
+
+
+def in_process_rate(stdin: str) -> float:
+    from riskset.cli import assess_lines
+
+    lines = stdin.splitlines()
+    assess_lines(lines[:20])  # build the pipeline first: this measures steady reading
+    start = time.perf_counter()
+    assess_lines(lines)
+    return len(lines) / (time.perf_counter() - start)
+
+
+def cli_rate(stdin: str, workers: int) -> tuple[float, float]:
+    """Narratives a second through `riskset assess --jsonl`, start-up included, and peak MB."""
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [*RISKSET, "assess", "--jsonl", "--workers", str(workers)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds = time.perf_counter() - start
+    assert len(proc.stdout.splitlines()) == len(stdin.splitlines())
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return len(stdin.splitlines()) / seconds, peak_mb
+
+
+def cold_start(runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(
+            [*RISKSET, "assess", "just got out of jail, using tonight, no narcan"],
+            capture_output=True,
+            check=True,
+        )
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def accuracy() -> None:
+    scorer_path = ROOT.parent / "shared" / "tools" / "score_narratives.py"
+    if not scorer_path.exists():
+        print("accuracy: the shared scorer is not beside the project; skipped")
+        return
+    spec = importlib.util.spec_from_file_location("score_narratives", scorer_path)
+    assert spec and spec.loader
+    scorer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scorer)
+    from riskset.cli import assess_lines
+
+    print(f"{'set':<24}{'n':>5}{'P':>7}{'R':>7}{'F1':>7}{'neg':>5}{'risk':>7}{'plan':>7}{'not':>5}")
+    for path in SETS:
+        if not path.exists():
+            continue
+        gold = rows(path)
+        out = assess_lines([json.dumps({"id": g["id"], "text": g["text"]}) for g in gold])
+        f = scorer.score(gold, [json.loads(line) for line in out])
+        print(
+            f"{path.name:<24}{len(gold):>5}{f['precision']:>7.3f}{f['recall']:>7.3f}"
+            f"{f['f1']:>7.3f}{f['negation_errors']:>5}{f['risk_agreement']:>7.3f}"
+            f"{f['plan_recall']:>7.3f}{f['must_not_violations']:>5}"
+        )
+
+
+def main() -> None:
+    n = int(os.environ.get("BENCH_N", "3000"))
+    stdin = batch(n)
+    load = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} cores, load average {load:.1f} (figures slow down under load)")
+    print(f"reading, in one process (pipeline built): {in_process_rate(stdin):,.0f} narratives/s")
+    for workers in (1, 2):
+        rate, peak = cli_rate(stdin, workers)
+        print(
+            f"riskset assess --jsonl --workers {workers}, {n} narratives, start-up included: "
+            f"{rate:,.0f} narratives/s, peak memory {peak:,.0f} MB"
+        )
+    print(f"cold start, one narrative (`riskset assess TEXT`, median of 5): {cold_start():.2f} s")
+    accuracy()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
