@@ -70,7 +70,7 @@ def _assess(
     text: str,
     kb: KnowledgeBase,
 ) -> Assessment:
-    facts, combos = facts_of(findings, signs, kb)
+    facts, combos = facts_of(findings, signs, kb, about_others)
     risk = overdose_risk(facts, findings, signs, kb)
     facts.add(f"risk:{risk.level.value}")
     urgent = urgent_flags(facts, findings, signs, kb)

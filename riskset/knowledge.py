@@ -364,7 +364,8 @@ class KnowledgeBase:
         known |= {f"risk:{lv.value}" for lv in Level} | {"combo:stack", "moud_only"}
         known |= {"class:any"} | {f"maybe_combo:{c}" for c in RiskCategory.__args__}  # type: ignore[attr-defined]
         findings = [*self.codes, *(s.code for s in self.substances.values())]
-        known |= {f"{prefix}:{c}" for prefix in ("maybe", "not", "past") for c in findings}
+        known |= {f"{prefix}:{c}" for prefix in ("maybe", "not", "past", "other") for c in findings}
+        known |= {f"other:class:{c}" for c in SUBSTANCE_CLASSES}
         problems: list[str] = []
         conditions: list[tuple[str, Condition]] = [
             *((f"strategy {s.id}", t.when) for s in self.strategies.values() for t in s.triggers),

@@ -97,11 +97,24 @@ def _stack(stack: list[str], pairs: list[Combination], kb: KnowledgeBase) -> Com
 
 
 def facts_of(
-    findings: Iterable[Finding], signs: Iterable[Finding], kb: KnowledgeBase
+    findings: Iterable[Finding],
+    signs: Iterable[Finding],
+    kb: KnowledgeBase,
+    about_others: Iterable[Finding] = (),
 ) -> tuple[set[str], list[Combination]]:
-    """The facts that rules in the knowledge base are written over, and the combinations."""
+    """The facts that rules in the knowledge base are written over, and the combinations.
+
+    What is said of someone else becomes "other:<code>": not the person's own finding, but a
+    reason to offer naloxone or overdose response to the people around them.
+    """
     findings = list(findings)
     facts: set[str] = set()
+    for f in about_others:
+        if f.status is Status.present:
+            facts.add(f"other:{f.code}")
+            klass = kb.substance_class(f.code)
+            if klass:
+                facts.add(f"other:class:{klass}")
     for f in [*findings, *signs]:
         facts.add(STATUS_PREFIX[f.status] + f.code)
         if f.status is Status.present:
