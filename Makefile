@@ -18,7 +18,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	@touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed
-	$(BIN)/riskset demo
+	$(BIN)/riskset serve
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check riskset tests tools

@@ -27,6 +27,11 @@ def check_text(text: object, limit: int = MAX_TEXT) -> str:
         raise InputError(f"the text is too long ({len(text):,} characters; the limit is {limit:,})")
     if "\x00" in text:
         raise InputError("the text holds binary data (NUL bytes), not words")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        # Lone surrogates ("\ud800") arrive from broken JSON; no reader can use them.
+        raise InputError("the text holds characters that are not valid Unicode") from err
     return text
 
 
@@ -44,7 +49,10 @@ def assess_many(texts: Iterable[str]) -> Iterator[Assessment]:
 
 
 def assess_findings(
-    findings: list[Finding], text: str = "", signs: list[Finding] | None = None
+    findings: list[Finding],
+    text: str = "",
+    signs: list[Finding] | None = None,
+    about_others: list[Finding] | None = None,
 ) -> Assessment:
     """Assess findings that came from elsewhere (the guided questions, a stored record)."""
     kb = load_knowledge()
@@ -56,7 +64,7 @@ def assess_findings(
     ]
     if unknown:
         raise InputError(f"unknown code: {', '.join(unknown)} (see `riskset codes`)")
-    return _assess(findings, signs, [], text, kb)
+    return _assess(findings, signs, list(about_others or []), text, kb)
 
 
 def _assess_reading(read: reading.Reading, text: str) -> Assessment:

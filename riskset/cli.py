@@ -368,6 +368,20 @@ def scrub_command(
     typer.echo(scrub(read_input(text)).text)
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+) -> None:
+    """Start the web app (assess, handout, combinations, codes, JSON API); prints its address."""
+    from .web import serve
+
+    try:
+        serve(host, port)
+    except OSError as err:
+        raise fail(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
+
+
 @app.command("demo")
 def demo_command() -> None:
     """Assess the seed's Jessica case and show the result: a first look at riskset."""
@@ -380,6 +394,19 @@ def demo_command() -> None:
     typer.echo(
         'Try your own: riskset assess "...", or answer the eight questions with riskset ask.'
     )
+
+
+def _mount_records() -> None:
+    # Records need SQLAlchemy and a database; their commands live in their own module.
+    from .records_cli import backup_command, records_app, report_command, users_app
+
+    app.add_typer(users_app, name="users", help="Accounts: add, list, disable, passwords.")
+    app.add_typer(records_app, name="records", help="Encounter records: list, purge, settings.")
+    app.command("report")(report_command)
+    app.command("backup")(backup_command)
+
+
+_mount_records()
 
 
 def main() -> None:

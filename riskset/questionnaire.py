@@ -21,12 +21,18 @@ class Answer(BaseModel):
     text: str = ""
 
 
-def answers_to_findings(answers: dict[str, Answer]) -> tuple[list[Finding], list[Finding]]:
-    """Findings and signs from the answers; unknown questions or choices are an InputError."""
+def answers_to_findings(
+    answers: dict[str, Answer],
+) -> tuple[list[Finding], list[Finding], list[Finding]]:
+    """Findings, signs and what is said of others, from the answers.
+
+    Unknown questions or choices are an InputError.
+    """
     kb = load_knowledge()
     questions = {q.id: q for q in kb.questions}
     findings: dict[tuple[str, Status], Finding] = {}
     signs: list[Finding] = []
+    others: list[Finding] = []
     for qid, answer in answers.items():
         question = questions.get(qid)
         if question is None:
@@ -55,7 +61,8 @@ def answers_to_findings(answers: dict[str, Answer]) -> tuple[list[Finding], list
         for f in read.findings:
             findings.setdefault((f.code, f.status), f)
         signs += read.signs
-    return list(findings.values()), signs
+        others += read.about_others
+    return list(findings.values()), signs, others
 
 
 def answers_text(answers: dict[str, Answer]) -> str:
@@ -63,5 +70,5 @@ def answers_text(answers: dict[str, Answer]) -> str:
 
 
 def assess_answers(answers: dict[str, Answer]) -> Assessment:
-    findings, signs = answers_to_findings(answers)
-    return assess_findings(findings, text=answers_text(answers), signs=signs)
+    findings, signs, others = answers_to_findings(answers)
+    return assess_findings(findings, text=answers_text(answers), signs=signs, about_others=others)

@@ -103,7 +103,7 @@ def main() -> None:
     n = int(os.environ.get("BENCH_N", "3000"))
     stdin = batch(n)
     load = os.getloadavg()[0]
-    print(f"machine: {os.cpu_count()} cores, load average {load:.1f} (figures slow down under load)")
+    print(f"machine: {os.cpu_count()} cores, load average {load:.1f} (load slows every figure)")
     print(f"reading, in one process (pipeline built): {in_process_rate(stdin):,.0f} narratives/s")
     for workers in (1, 2):
         rate, peak = cli_rate(stdin, workers)
