@@ -409,6 +409,15 @@ def _mount_records() -> None:
 _mount_records()
 
 
+def _mount_training() -> None:
+    from .training_cli import train_app
+
+    app.add_typer(train_app, name="train", help="Practise with the case library and get feedback.")
+
+
+_mount_training()
+
+
 def main() -> None:
     try:
         app()

@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .models import Frame, InterventionLevel, Level, RiskCategory, Spectrum
 
@@ -42,12 +42,23 @@ class Condition(_Strict):
     all: list[str] = Field(default_factory=list)
     any: list[str] = Field(default_factory=list)
     none: list[str] = Field(default_factory=list)
+    # The same lists as sets: every plan, risk and harm rule is tested for every narrative.
+    _all: frozenset[str] = PrivateAttr(frozenset())
+    _any: frozenset[str] = PrivateAttr(frozenset())
+    _none: frozenset[str] = PrivateAttr(frozenset())
+
+    def model_post_init(self, __context: object) -> None:
+        self._all, self._any, self._none = (
+            frozenset(self.all),
+            frozenset(self.any),
+            frozenset(self.none),
+        )
 
     def holds(self, facts: set[str] | frozenset[str]) -> bool:
         return (
-            all(f in facts for f in self.all)
-            and (not self.any or any(f in facts for f in self.any))
-            and not any(f in facts for f in self.none)
+            self._all <= facts
+            and (not self._any or not self._any.isdisjoint(facts))
+            and self._none.isdisjoint(facts)
         )
 
     def matched(self, facts: set[str] | frozenset[str]) -> list[str]:

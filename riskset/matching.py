@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+NEGATIONS = frozenset({"not", "no", "never", "nobody", "nothing", "none", "without"})
 KEYS = "\0keys"  # where a trie node keeps the keys of the phrases that end there
 CLAUSE_ENDS = frozenset({".", "!", "?", ";", ":", "(", ")", "...", "…"})
 MAX_PHRASES = 50_000
@@ -46,6 +47,11 @@ class Tokens:
 
     def ends_clause(self, i: int) -> bool:
         return self.norms[i] in CLAUSE_ENDS or "\n" in self.texts[i]
+
+    def can_skip(self, i: int) -> bool:
+        """A gap (..N) passes over this word: not a clause end, and not a negation, which
+        must stay visible to the reader ("won't do anything tonight")."""
+        return not self.ends_clause(i) and self.norms[i] not in NEGATIONS
 
 
 Test = Callable[[Tokens, int], bool]
@@ -217,7 +223,7 @@ class _Compiled:
             if slot.gap:
                 for pos in frontier:
                     stop = pos
-                    while stop < n and stop - pos < slot.gap and not t.ends_clause(stop):
+                    while stop < n and stop - pos < slot.gap and t.can_skip(stop):
                         stop += 1
                         reached.add(stop)
             else:

@@ -413,11 +413,12 @@ class ContextReader:
         for key, start, end in found:
             trigger = self.triggers[key]
             # A longer trigger of the same kind wins ("no longer" over "no"); kinds don't compete.
+            kind = f"{trigger.category}/{trigger.direction}"
             if any(s < end and start < e for s, e in pseudo) or any(
-                s < end and start < e and c == trigger.category for s, e, c in taken
+                s < end and start < e and c == kind for s, e, c in taken
             ):
                 continue
-            taken.append((start, end, trigger.category))
+            taken.append((start, end, kind))
             cue = doc[start:end].text
             here = clause[start]
             if trigger.direction in ("forward", "both"):
@@ -453,7 +454,11 @@ class ContextReader:
             s
             for s in scopes
             if s.category not in immune
-            and s.start <= mention.start < s.end
+            and (
+                s.start <= mention.start < s.end
+                # "used to use with her": a past-tense trigger inside the mention marks it
+                or (s.category == "historical" and s.trigger[0] == mention.start)
+            )
             # A negation or condition wholly inside the mention is part of its meaning ("no
             # narcan", "might have fent in it"); "used to" or "his girlfriend overdosed" are not.
             and (

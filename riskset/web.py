@@ -42,6 +42,7 @@ from .models import SPECTRUM_ORDER, Assessment, Finding, PlanItem, Status
 from .questionnaire import Answer, assess_answers
 from .records_web import router as records_router
 from .render import FRAME_TITLES, STATUS_WORDS
+from .training_web import router as training_router
 
 HERE = Path(__file__).parent
 DEFAULT_MAX_TEXT = 20_000
@@ -619,6 +620,8 @@ NAV = [
     ("/combinations", "Combinations"),
     ("/substances", "Fact sheets"),
     ("/codes", "Codes"),
+    ("/training", "Training"),
+    ("/records/", "Records"),
     ("/docs", "API"),
 ]
 
@@ -1159,7 +1162,9 @@ def create_app(max_text: int = DEFAULT_MAX_TEXT) -> FastAPI:
     app.include_router(api)
     app.include_router(service)
     app.include_router(pages)
-    app.include_router(records_router)
+    # Records pages and their JSON need a signed-in session: not part of the open API.
+    app.include_router(records_router, include_in_schema=False)
+    app.include_router(training_router)
     handlers: dict[type[Exception], Handler] = {
         RequestValidationError: on_validation_error,
         InputError: on_input_error,

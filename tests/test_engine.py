@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import riskset
 from riskset import InputError, assess
@@ -108,3 +110,31 @@ def test_plan_is_grouped_urgent_first() -> None:
     spectra = [p.spectrum for p in a.plan if not p.urgent]
     order = ["safer_use", "managed_use", "abstinence", "conditions_of_use"]
     assert spectra == sorted(spectra, key=order.index)
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.text(max_size=300))
+def test_any_text_gets_an_assessment_or_a_clear_error(text: str) -> None:
+    try:
+        a = assess(text)
+    except InputError as err:
+        assert str(err)
+        return
+    assert a.overdose_risk.level in ("low", "moderate", "high", "very_high")
+    assert a.main_issue
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "😀😀😀 💉💊🔥",
+        "ÿ\x01\x02 binary-ish \x7f text \u200b",
+        "smokes fent " * 80_000,  # about 1 MB
+        "\r\n".join(["Pt seen at camp", "shoots dope", "no narcan"]),
+    ],
+)
+def test_odd_text_is_read(text: str) -> None:
+    a = assess(text)
+    for f in a.findings:
+        if f.start is not None:
+            assert text[f.start : f.end] == f.text
