@@ -108,12 +108,25 @@ def split_names(names: list[str]) -> list[str]:
     return [part for name in names for part in SPLIT.split(name) if part.strip()]
 
 
+def _resolve_all(names: list[str]) -> list[tuple[str, Substance]]:
+    """Resolve each name; "heroin xanax" (a URL's plus signs) falls back to one name a word."""
+    resolved: list[tuple[str, Substance]] = []
+    for name in names:
+        try:
+            resolved.append((name, resolve(name)))
+        except UnknownName:
+            words = name.split()
+            if len(words) < 2:
+                raise
+            resolved += [(word, resolve(word)) for word in words]
+    return resolved
+
+
 def check(names: list[str]) -> ComboCheck:
     """Rate every pair among the named substances, worst first, with a stack of downers on top."""
     kb = load_knowledge()
     named: list[Named] = []
-    for name in split_names(names):
-        s = resolve(name)
+    for name, s in _resolve_all(split_names(names)):
         if all(n.id != s.id for n in named):
             named.append(Named(name=name, id=s.id, label=s.label, klass=s.klass))
     if len(named) < 2:
