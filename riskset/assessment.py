@@ -110,12 +110,10 @@ def _main_issue(
         return words.main_issue_nothing
     substances = [f.label.lower() for f in present if f.code.startswith(("substance:", "route:"))]
     headline = {f.id for f in kb.risk.factors if f.headline}
-    reasons = [
-        ", ".join(kb.label(c).lower() for c in r.because[:2])
-        for r in risk.reasons
-        if r.factor in headline and r.weight > 0
-    ][:2]
+    top = [r for r in risk.reasons if r.factor in headline and r.weight > 0][:2]
+    codes = dict.fromkeys(c for r in top for c in r.because[:2])
+    reasons = [", ".join(kb.label(c).lower() for c in codes)] if codes else []
     what = ", ".join(dict.fromkeys(substances)) or "no drug named"
     if not reasons:
         return words.main_issue_use.format(level=level, substances=what)
-    return words.main_issue_risk.format(level=level, substances=what, reasons="; ".join(reasons))
+    return words.main_issue_risk.format(level=level, substances=what, reasons=reasons[0])
