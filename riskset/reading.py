@@ -266,13 +266,15 @@ class TargetMatcher:
 
     def __call__(self, doc: Doc) -> Doc:
         tokens: Tokens = doc._.riskset_tokens
-        blocked: list[tuple[int, int, set[str]]] = [
-            (s, e, self.blocked_codes[k]) for k, s, e in self.blockers(tokens)
-        ]
+        # Per token, the codes a blocker covering it rules out: linear in the text's length.
+        blocked: dict[int, set[str]] = {}
+        for key, start, end in self.blockers(tokens):
+            for i in range(start, end):
+                blocked.setdefault(i, set()).update(self.blocked_codes[key])
         mentions: list[Mention] = []
         for key, start, end in self.matcher(tokens):
             code, immune = self.rule_of[key]
-            if any(s < end and start < e and code in codes for s, e, codes in blocked):
+            if any(code in blocked.get(i, ()) for i in range(start, end)):
                 continue
             mentions.append(Mention(code, start, end, immune=immune))
         doc._.riskset_mentions = self._suppress(_longest_per_code(mentions))
@@ -281,23 +283,39 @@ class TargetMatcher:
     def _suppress(self, mentions: list[Mention]) -> list[Mention]:
         if not self.suppressions:
             return mentions
-        drop: set[int] = set()
-        for code, victims in self.suppressions:
-            for strong in (m for m in mentions if m.code == code):
-                drop.update(
-                    i
-                    for i, m in enumerate(mentions)
-                    if m.code in victims and m.start < strong.end and strong.start < m.end
-                )
-        return [m for i, m in enumerate(mentions) if i not in drop]
+        # Per token, the codes a stronger mention covering it suppresses.
+        suppressed: dict[int, set[str]] = {}
+        strong_codes = dict(self.suppressions)
+        for m in mentions:
+            victims = strong_codes.get(m.code)
+            if victims:
+                for i in range(m.start, m.end):
+                    suppressed.setdefault(i, set()).update(victims)
+        return [
+            m
+            for m in mentions
+            if not any(m.code in suppressed.get(i, ()) for i in range(m.start, m.end))
+        ]
 
 
 def _longest_per_code(mentions: list[Mention]) -> list[Mention]:
     """Of overlapping mentions of one code keep the longest: "fent dope" over "dope"."""
+    by_code: dict[str, list[Mention]] = {}
+    for m in mentions:
+        by_code.setdefault(m.code, []).append(m)
     kept: list[Mention] = []
-    for m in sorted(mentions, key=lambda m: (m.start - m.end, m.start)):
-        if not any(k.code == m.code and k.start < m.end and m.start < k.end for k in kept):
-            kept.append(m)
+    for group in by_code.values():
+        group.sort(key=lambda m: (m.start, m.start - m.end))
+        cluster: list[Mention] = []
+        cluster_end = -1
+        for m in group:
+            if cluster and m.start >= cluster_end:
+                kept.append(max(cluster, key=lambda c: c.end - c.start))
+                cluster = []
+            cluster.append(m)
+            cluster_end = max(cluster_end, m.end) if len(cluster) > 1 else m.end
+        if cluster:
+            kept.append(max(cluster, key=lambda c: c.end - c.start))
     return sorted(kept, key=lambda m: (m.start, m.end))
 
 
@@ -351,8 +369,14 @@ class ContextReader:
         bounds = self.clause_bounds(tokens)
         scopes = list(self.scopes(doc, tokens, bounds))
         scopes += self.other_person_scopes(tokens, bounds)
+        # Index the scopes by the tokens they cover (each covers a few words), so a long text
+        # costs time in proportion to its length, not to mentions times triggers.
+        covering: dict[int, list[_Scope]] = {}
+        for scope in scopes:
+            for i in {*range(scope.start, scope.end), scope.trigger[0]}:
+                covering.setdefault(i, []).append(scope)
         for mention in mentions:
-            self.assign(mention, scopes)
+            self.assign(mention, covering.get(mention.start, []))
         return doc
 
     def other_person_scopes(self, t: Tokens, clause: list[int]) -> list[_Scope]:
@@ -405,20 +429,19 @@ class ContextReader:
     def scopes(self, doc: Doc, t: Tokens, clause: list[int]) -> Iterator[_Scope]:
         ends = {m.end - 1 for m in doc._.riskset_mentions or []}
         matches = self.matcher(t)
-        pseudo = [(s, e) for k, s, e in matches if k == "pseudo"]
+        pseudo = {i for k, s, e in matches if k == "pseudo" for i in range(s, e)}
         found = [(k, s, e) for k, s, e in matches if k != "pseudo"]
         # Longest trigger first, so "no longer" is not also read as "no".
         found.sort(key=lambda m: (m[1] - m[2], m[1]))
-        taken: list[tuple[int, int, str]] = []
+        taken: set[tuple[int, str]] = set()  # (token, kind) already used by a longer trigger
         for key, start, end in found:
             trigger = self.triggers[key]
             # A longer trigger of the same kind wins ("no longer" over "no"); kinds don't compete.
             kind = f"{trigger.category}/{trigger.direction}"
-            if any(s < end and start < e for s, e in pseudo) or any(
-                s < end and start < e and c == kind for s, e, c in taken
-            ):
+            span = range(start, end)
+            if any(i in pseudo or (i, kind) in taken for i in span):
                 continue
-            taken.append((start, end, kind))
+            taken.update((i, kind) for i in span)
             cue = doc[start:end].text
             here = clause[start]
             if trigger.direction in ("forward", "both"):
