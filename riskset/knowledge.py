@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .models import Frame, InterventionLevel, Level, RiskCategory, Spectrum
 
@@ -33,6 +33,19 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_CONDITION_SETS: dict[int, tuple[Condition, tuple[frozenset[str], ...]]] = {}
+
+
+def _sets_of(cond: Condition) -> tuple[frozenset[str], ...]:
+    # Every plan, risk and harm rule is tested for every narrative: keep each condition's lists
+    # as sets. The entry holds the condition itself, so its id cannot be reused by another.
+    entry = _CONDITION_SETS.get(id(cond))
+    if entry is None or entry[0] is not cond:
+        entry = (cond, (frozenset(cond.all), frozenset(cond.any), frozenset(cond.none)))
+        _CONDITION_SETS[id(cond)] = entry
+    return entry[1]
+
+
 class Condition(_Strict):
     """When a rule applies, over the facts of a situation (codes, ``class:...``, ``combo:...``).
 
@@ -42,23 +55,11 @@ class Condition(_Strict):
     all: list[str] = Field(default_factory=list)
     any: list[str] = Field(default_factory=list)
     none: list[str] = Field(default_factory=list)
-    # The same lists as sets: every plan, risk and harm rule is tested for every narrative.
-    _all: frozenset[str] = PrivateAttr(frozenset())
-    _any: frozenset[str] = PrivateAttr(frozenset())
-    _none: frozenset[str] = PrivateAttr(frozenset())
-
-    def model_post_init(self, __context: object) -> None:
-        self._all, self._any, self._none = (
-            frozenset(self.all),
-            frozenset(self.any),
-            frozenset(self.none),
-        )
 
     def holds(self, facts: set[str] | frozenset[str]) -> bool:
+        need, some, never = _sets_of(self)
         return (
-            self._all <= facts
-            and (not self._any or not self._any.isdisjoint(facts))
-            and self._none.isdisjoint(facts)
+            need <= facts and (not some or not some.isdisjoint(facts)) and never.isdisjoint(facts)
         )
 
     def matched(self, facts: set[str] | frozenset[str]) -> list[str]:

@@ -213,6 +213,24 @@ def compile_slot(slot: str, norm: Callable[[str], str]) -> Slot:
 class _Compiled:
     key: str
     slots: tuple[Slot, ...]
+    # When the first slot is one word and the second a plain word list, the word after a
+    # start must be in this set: a cheap test that turns most candidates away.
+    second: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.slots) < 2:
+            return
+        first, second = self.slots[0], self.slots[1]
+        single = not first.optional and not first.gap and all(len(c) == 1 for c in first.choices)
+        plain = second.starts
+        if (
+            single
+            and not second.optional
+            and not second.gap
+            and not (plain.anything or plain.number or plain.title or plain.exact)
+            and all(len(c) == 1 for c in second.choices)
+        ):
+            self.second = plain.words
 
     def longest(self, t: Tokens, start: int) -> int:
         """The end of the longest match starting at start, or -1."""
@@ -309,7 +327,10 @@ class RuleSet:
                 candidates += self._on_number
             if t.is_title[start]:
                 candidates += self._on_title
+            following = t.norms[start + 1] if start + 1 < len(t) else None
             for compiled in (*candidates, *self._anywhere):
+                if compiled.second is not None and following not in compiled.second:
+                    continue
                 end = compiled.longest(t, start)
                 if end > start:
                     key = (compiled.key, start)

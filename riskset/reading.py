@@ -206,7 +206,7 @@ class Normalizer:
             for pattern in rule.patterns:
                 words.update(fold(w) for w in re.split(r"[\s|]+", pattern))
         self.known = frozenset(words)
-        self._cache: dict[str, str] = {}
+        self._cache: dict[tuple[str, str], str] = {}
 
     def __call__(self, doc: Doc) -> Doc:
         # One pass over the tokens: Python-level token access is the pipeline's main cost.
@@ -217,14 +217,15 @@ class Normalizer:
         is_title: list[bool] = []
         for token in doc:
             text = token.text
-            norm = cache_.get(text)
+            spacy_norm = token.norm_  # spaCy reads "n't" as "not", in context: part of the key
+            key = (text, spacy_norm)
+            norm = cache_.get(key)
             if norm is None:
-                spacy_norm = token.norm_
                 norm = normalise_word(
                     spacy_norm if spacy_norm != text.lower() else text, self.known
                 )
                 if len(cache_) < 100_000:
-                    cache_[text] = norm
+                    cache_[key] = norm
             norms.append(norm)
             texts.append(text)
             like_num.append(token.like_num)
