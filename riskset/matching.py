@@ -87,41 +87,34 @@ class Slot:
     starts: Starts = Starts(anything=True)
 
 
-def split_top(text: str, sep: str = "|") -> list[str]:
-    """Split on sep outside parentheses."""
+def _split_outside_parens(text: str, is_sep: Callable[[str], bool]) -> list[str]:
     parts: list[str] = []
     depth = 0
     current = ""
     for ch in text:
         depth += ch == "("
         depth -= ch == ")"
-        if ch == sep and depth == 0:
+        if depth == 0 and is_sep(ch):
             parts.append(current)
             current = ""
         else:
             current += ch
+    if depth:
+        raise PatternError(f"unbalanced parentheses in {text!r}")
     parts.append(current)
     return [p for p in parts if p]
 
 
+def split_top(text: str, sep: str = "|") -> list[str]:
+    """Split on sep outside parentheses."""
+    return _split_outside_parens(text, lambda ch: ch == sep)
+
+
 def slots_of(pattern: str) -> list[str]:
-    slots: list[str] = []
-    depth = 0
-    current = ""
-    for ch in pattern:
-        depth += ch == "("
-        depth -= ch == ")"
-        if ch.isspace() and depth == 0:
-            if current:
-                slots.append(current)
-            current = ""
-        else:
-            current += ch
-    if depth or not pattern.strip():
-        raise PatternError(f"unbalanced or empty pattern {pattern!r}")
-    if current:
-        slots.append(current)
-    return slots
+    """A pattern's slots: its words, a parenthesised group counting as one."""
+    if not pattern.strip():
+        raise PatternError("empty pattern")
+    return _split_outside_parens(pattern, str.isspace)
 
 
 def split_clitic(word: str) -> list[str]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 
-from .knowledge import KnowledgeBase
+from .knowledge import Condition, KnowledgeBase
 from .models import (
     LEVEL_ORDER,
     Combination,
@@ -167,6 +167,14 @@ def codes_behind(matched: list[str], findings: list[Finding], kb: KnowledgeBase)
     return list(dict.fromkeys(codes))
 
 
+def grounds(
+    cond: Condition, facts: set[str], every: list[Finding], kb: KnowledgeBase
+) -> tuple[list[str], list[str]]:
+    """The findings a rule rests on, and their words in the narrative."""
+    because = codes_behind(cond.matched(facts), every, kb)
+    return because, evidence_for(because, every)
+
+
 def overdose_risk(
     facts: set[str], findings: list[Finding], signs: list[Finding], kb: KnowledgeBase
 ) -> OverdoseRisk:
@@ -175,14 +183,14 @@ def overdose_risk(
     for factor in kb.risk.factors:
         if not factor.when.holds(facts):
             continue
-        because = codes_behind(factor.when.matched(facts), every, kb)
+        because, evidence = grounds(factor.when, facts, every, kb)
         reasons.append(
             RiskReason(
                 factor=factor.id,
                 says=factor.says,
                 weight=factor.weight,
                 because=because,
-                evidence=evidence_for(because, every),
+                evidence=evidence,
                 source=factor.source,
             )
         )
@@ -194,14 +202,14 @@ def overdose_risk(
     for floor in kb.risk.floors:
         if floor.when.holds(facts) and LEVEL_ORDER.index(floor.level) > LEVEL_ORDER.index(level):
             level = floor.level
-            because = codes_behind(floor.when.matched(facts), every, kb)
+            because, evidence = grounds(floor.when, facts, every, kb)
             reasons.append(
                 RiskReason(
                     factor=f"floor_{floor.level.value}",
                     says=floor.why,
                     weight=0,
                     because=because,
-                    evidence=evidence_for(because, every),
+                    evidence=evidence,
                     source="risk.yaml (floors)",
                 )
             )
@@ -216,14 +224,14 @@ def urgent_flags(
     every = [*findings, *signs]
     for urgent in kb.urgent:
         if urgent.when.holds(facts):
-            because = codes_behind(urgent.when.matched(facts), every, kb)
+            because, evidence = grounds(urgent.when, facts, every, kb)
             flags.append(
                 UrgentFlag(
                     id=urgent.id,
                     title=urgent.title,
                     what_to_do=urgent.what_to_do,
                     because=because,
-                    evidence=evidence_for(because, every),
+                    evidence=evidence,
                     source=urgent.source,
                 )
             )
