@@ -9,12 +9,52 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from .assessment import InputError, assess, assess_many, check_text
 from .knowledge import KnowledgeError
 from .knowledge import load as load_knowledge
 
+# Commands in modules of their own, imported only when used: the records commands pull in
+# SQLAlchemy and Alembic, which would double the start-up time of every `riskset assess`.
+# name: (module, attribute, help)
+LAZY_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "users": ("riskset.records_cli", "users_app", "Accounts: add, list, disable, passwords."),
+    "records": ("riskset.records_cli", "records_app", "Encounter records: list, purge, settings."),
+    "report": ("riskset.records_cli", "report_command", ""),
+    "backup": ("riskset.records_cli", "backup_command", ""),
+    "train": ("riskset.training_cli", "train_app", "Practise on the case library, with feedback."),
+}
+
+
+class _LazyGroup(TyperGroup):
+    # Typer carries its own private copy of click, so its types are left as Any here.
+    def list_commands(self, ctx: Any) -> list[str]:
+        return [*super().list_commands(ctx), *LAZY_COMMANDS]
+
+    def get_command(self, ctx: Any, name: str) -> Any:
+        if name not in self.commands and name in LAZY_COMMANDS:
+            self.commands[name] = _import_command(name)
+        return super().get_command(ctx, name)
+
+
+def _import_command(name: str) -> Any:
+    import importlib
+
+    module, attribute, help_text = LAZY_COMMANDS[name]
+    found = getattr(importlib.import_module(module), attribute)
+    if isinstance(found, typer.Typer):
+        holder = typer.Typer()
+        holder.add_typer(found, name=name, help=help_text or None)
+        return typer.main.get_group(holder).commands[name]
+    holder = typer.Typer()
+    holder.command(name)(found)
+    holder.command("_")(lambda: None)  # two commands, so Typer makes a group to take it from
+    return typer.main.get_group(holder).commands[name]
+
+
 app = typer.Typer(
+    cls=_LazyGroup,
     name="riskset",
     help="Harm reduction assessment: Risk, Set and Setting, read from a worker's own words.",
     no_args_is_help=True,
@@ -372,12 +412,19 @@ def scrub_command(
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=32, help="Server processes (each holds its own reader).")
+    ] = 1,
 ) -> None:
     """Start the web app (assess, handout, combinations, codes, JSON API); prints its address."""
-    from .web import serve
+    from .web import request_timeout, serve
 
     try:
-        serve(host, port)
+        request_timeout()  # a mistyped limit is a one-line message, not a traceback per worker
+    except ValueError as err:
+        raise fail(str(err)) from err
+    try:
+        serve(host, port, workers)
     except OSError as err:
         raise fail(f"cannot listen on {host}:{port}: {err.strerror or err}") from err
 
@@ -394,28 +441,6 @@ def demo_command() -> None:
     typer.echo(
         'Try your own: riskset assess "...", or answer the eight questions with riskset ask.'
     )
-
-
-def _mount_records() -> None:
-    # Records need SQLAlchemy and a database; their commands live in their own module.
-    from .records_cli import backup_command, records_app, report_command, users_app
-
-    app.add_typer(users_app, name="users", help="Accounts: add, list, disable, passwords.")
-    app.add_typer(records_app, name="records", help="Encounter records: list, purge, settings.")
-    app.command("report")(report_command)
-    app.command("backup")(backup_command)
-
-
-_mount_records()
-
-
-def _mount_training() -> None:
-    from .training_cli import train_app
-
-    app.add_typer(train_app, name="train", help="Practise with the case library and get feedback.")
-
-
-_mount_training()
 
 
 def main() -> None:

@@ -33,19 +33,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_CONDITION_SETS: dict[int, tuple[Condition, tuple[frozenset[str], ...]]] = {}
-
-
-def _sets_of(cond: Condition) -> tuple[frozenset[str], ...]:
-    # Every plan, risk and harm rule is tested for every narrative: keep each condition's lists
-    # as sets. The entry holds the condition itself, so its id cannot be reused by another.
-    entry = _CONDITION_SETS.get(id(cond))
-    if entry is None or entry[0] is not cond:
-        entry = (cond, (frozenset(cond.all), frozenset(cond.any), frozenset(cond.none)))
-        _CONDITION_SETS[id(cond)] = entry
-    return entry[1]
-
-
 class Condition(_Strict):
     """When a rule applies, over the facts of a situation (codes, ``class:...``, ``combo:...``).
 
@@ -55,12 +42,24 @@ class Condition(_Strict):
     all: list[str] = Field(default_factory=list)
     any: list[str] = Field(default_factory=list)
     none: list[str] = Field(default_factory=list)
+    @cached_property
+    def sets(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
+        # Every plan, risk and harm rule is tested for every narrative: keep its lists as sets.
+        # (A cached property lives in the instance's own dict, so reading it is a plain lookup;
+        # pydantic's private attributes go through a slow __getattr__.)
+        return frozenset(self.all), frozenset(self.any), frozenset(self.none)
+
+    @cached_property
+    def wakes(self) -> frozenset[str] | None:
+        """Facts one of which must be present for this to hold (None: it can hold on any)."""
+        need, some, _ = self.sets
+        return need or some or None
 
     def holds(self, facts: set[str] | frozenset[str]) -> bool:
-        need, some, never = _sets_of(self)
-        return (
-            need <= facts and (not some or not some.isdisjoint(facts)) and never.isdisjoint(facts)
-        )
+        need, some, never = self.sets
+        if not need <= facts or not never.isdisjoint(facts):
+            return False
+        return not some or not some.isdisjoint(facts)
 
     def matched(self, facts: set[str] | frozenset[str]) -> list[str]:
         """The facts that made this condition hold: what a reason should point at.
@@ -129,6 +128,14 @@ class Strategy(_Strict):
     @property
     def code(self) -> str:
         return f"strategy:{self.id}"
+
+    @cached_property
+    def wakes(self) -> frozenset[str] | None:
+        """Facts one of which must be present for a trigger to fire (None: any may fire)."""
+        keys = [t.when.wakes for t in self.triggers]
+        if any(k is None for k in keys):
+            return None
+        return frozenset().union(*(k for k in keys if k is not None))
 
 
 class Harm(_Strict):
@@ -261,7 +268,7 @@ def _data_text(name: str) -> str:
 def load_yaml(name: str) -> dict[str, Any]:
     """One data file as a mapping, with its ``version`` checked."""
     try:
-        data = yaml.load(_data_text(name), Loader=_LOADER)
+        data = yaml.load(_data_text(name), Loader=_LOADER)  # nosec B506 # CSafeLoader or SafeLoader
     except (OSError, yaml.YAMLError) as err:
         raise KnowledgeError(f"cannot read data file {name}: {err}") from err
     if not isinstance(data, dict) or not isinstance(data.get("version"), int):
@@ -434,5 +441,7 @@ def _one(name: str, model: type[BaseModel]) -> Any:
 
 @cache
 def load() -> KnowledgeBase:
-    """The knowledge base, loaded and validated once per process."""
-    return KnowledgeBase()
+    """The knowledge base, loaded and validated once per process (and snapshotted)."""
+    from .snapshot import cached
+
+    return cached("knowledge", KnowledgeBase)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 NEGATIONS = frozenset({"not", "no", "never", "nobody", "nothing", "none", "without"})
@@ -41,17 +42,27 @@ class Tokens:
     texts: Sequence[str]
     like_num: Sequence[bool]
     is_title: Sequence[bool]
+    # Worked out once per document, since every rule set asks them at every gap.
+    stops: Sequence[bool] = field(init=False, repr=False)
+    skippable: Sequence[bool] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        stops = [n in CLAUSE_ENDS or "\n" in t for n, t in zip(self.norms, self.texts, strict=True)]
+        # A gap (..N) passes over a word that is not a clause end nor a negation, which must
+        # stay visible to the reader ("won't do anything tonight").
+        pairs = zip(stops, self.norms, strict=True)
+        skippable = [not stop and norm not in NEGATIONS for stop, norm in pairs]
+        object.__setattr__(self, "stops", stops)
+        object.__setattr__(self, "skippable", skippable)
 
     def __len__(self) -> int:
         return len(self.norms)
 
     def ends_clause(self, i: int) -> bool:
-        return self.norms[i] in CLAUSE_ENDS or "\n" in self.texts[i]
+        return self.stops[i]
 
     def can_skip(self, i: int) -> bool:
-        """A gap (..N) passes over this word: not a clause end, and not a negation, which
-        must stay visible to the reader ("won't do anything tonight")."""
-        return not self.ends_clause(i) and self.norms[i] not in NEGATIONS
+        return self.skippable[i]
 
 
 Test = Callable[[Tokens, int], bool]
@@ -63,6 +74,7 @@ class Starts:
 
     words: frozenset[str] = frozenset()
     exact: frozenset[str] = frozenset()
+    prefixes: frozenset[str] = frozenset()
     number: bool = False
     title: bool = False
     anything: bool = False
@@ -71,6 +83,7 @@ class Starts:
         return Starts(
             self.words | other.words,
             self.exact | other.exact,
+            self.prefixes | other.prefixes,
             self.number or other.number,
             self.title or other.title,
             self.anything or other.anything,
@@ -85,6 +98,8 @@ class Slot:
     optional: bool = False
     gap: int = 0  # >0: up to this many words
     starts: Starts = Starts(anything=True)
+    # When every choice is one plain word: the words, tested without calling anything.
+    words: frozenset[str] | None = None
 
 
 def _split_outside_parens(text: str, is_sep: Callable[[str], bool]) -> list[str]:
@@ -154,27 +169,73 @@ def phrases_of(pattern: str, norm: Callable[[str], str]) -> list[tuple[str, ...]
     return [v for v in variants if v]
 
 
+# Token tests are module functions (bound with partial), not lambdas, so a compiled rule set
+# can be pickled into the start-up snapshot.
+def _is_question(t: Tokens, i: int) -> bool:
+    return t.texts[i] == "?"
+
+
+def _inside_clause(t: Tokens, i: int) -> bool:
+    return not t.stops[i]
+
+
+def _is_title(t: Tokens, i: int) -> bool:
+    return t.is_title[i]
+
+
+def _is_number(t: Tokens, i: int) -> bool:
+    return t.like_num[i]
+
+
+def _text_is(exact: str, t: Tokens, i: int) -> bool:
+    return t.texts[i] == exact
+
+
+def _norm_search(rx: re.Pattern[str], t: Tokens, i: int) -> bool:
+    return rx.search(t.norms[i]) is not None
+
+
+def _norm_starts(prefix: str, t: Tokens, i: int) -> bool:
+    return t.norms[i].startswith(prefix)
+
+
+def _norm_in(words: frozenset[str], t: Tokens, i: int) -> bool:
+    return t.norms[i] in words
+
+
 def _test(word: str, norm: Callable[[str], str]) -> tuple[Test, Starts]:
     """A token test, and what tokens it can accept (for indexing)."""
     if word == "\\?":
-        return (lambda t, i: t.texts[i] == "?"), Starts(words=frozenset({"?"}))
+        return _is_question, Starts(words=frozenset({"?"}))
     if word == "*":
-        return (lambda t, i: not t.ends_clause(i)), Starts(anything=True)
+        return _inside_clause, Starts(anything=True)
     if word == "Title":
-        return (lambda t, i: t.is_title[i]), Starts(title=True)
+        return _is_title, Starts(title=True)
     if word == "#":
-        return (lambda t, i: t.like_num[i]), Starts(number=True)
+        return _is_number, Starts(number=True)
     if word.startswith("=") and len(word) > 1:
         exact = word[1:]
-        return (lambda t, i: t.texts[i] == exact), Starts(exact=frozenset({exact}))
+        return partial(_text_is, exact), Starts(exact=frozenset({exact}))
     if len(word) > 2 and word.startswith("/") and word.endswith("/"):
         rx = re.compile(word[1:-1])
-        return (lambda t, i: rx.search(t.norms[i]) is not None), Starts(anything=True)
+        return partial(_norm_search, rx), _regex_starts(word[1:-1])
     if word.endswith("*") and len(word) > 1:
         prefix = norm(word[:-1])
-        return (lambda t, i: t.norms[i].startswith(prefix)), Starts(anything=True)
+        starts = Starts(prefixes=frozenset({prefix})) if prefix else Starts(anything=True)
+        return partial(_norm_starts, prefix), starts
     words = frozenset(norm(w) for w in word.split("|"))
-    return (lambda t, i: t.norms[i] in words), Starts(words=words)
+    return partial(_norm_in, words), Starts(words=words)
+
+
+def _regex_starts(rx: str) -> Starts:
+    """A regex anchored with ^ and a literal start can only wake on words with that start."""
+    literal = re.match(r"\^([a-z0-9']+)", rx)
+    if literal is None:
+        return Starts(anything=True)
+    prefix = literal.group(1)
+    if rx[literal.end() : literal.end() + 1] in ("?", "*", "{"):
+        prefix = prefix[:-1]  # the last letter is optional: not part of every match
+    return Starts(prefixes=frozenset({prefix})) if prefix else Starts(anything=True)
 
 
 def compile_slot(slot: str, norm: Callable[[str], str]) -> Slot:
@@ -195,11 +256,36 @@ def compile_slot(slot: str, norm: Callable[[str], str]) -> Slot:
             tests = [_test(w, norm) for w in words]
             choices.append(tuple(t for t, _ in tests))
             starts |= tests[0][1]
+    only_words = None
     if plain:
         test, first = _test("|".join(plain), norm)
         choices.insert(0, (test,))
         starts |= first
-    return Slot(choices=tuple(choices), optional=optional, starts=starts)
+        if len(choices) == 1:
+            only_words = first.words
+    return Slot(choices=tuple(choices), optional=optional, starts=starts, words=only_words)
+
+
+def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
+    """The words ("norm") or exact texts ("text") one of which a required slot's match must
+    start with, if that is known."""
+    if slot.words is not None:
+        return "norm", slot.words
+    kinds: set[str] = set()
+    words: set[str] = set()
+    for tests in slot.choices:
+        first = tests[0] if tests else None
+        if isinstance(first, partial) and first.func is _norm_in:
+            kinds.add("norm")
+            words |= first.args[0]
+        elif isinstance(first, partial) and first.func is _text_is:
+            kinds.add("text")
+            words.add(first.args[0])
+        else:
+            return None
+    if len(kinds) != 1 or not words:
+        return None
+    return kinds.pop(), frozenset(words)
 
 
 @dataclass
@@ -209,32 +295,49 @@ class _Compiled:
     # When the first slot is one word and the second a plain word list, the word after a
     # start must be in this set: a cheap test that turns most candidates away.
     second: frozenset[str] | None = None
+    # When every slot is a required list of plain words: the lists, for a loop with no calls.
+    plain: tuple[frozenset[str], ...] | None = None
+
+    # Word lists (and exact texts) of which the text must hold at least one each for a match
+    # to be possible: a set test per document turns away most patterns before any matching.
+    needs: tuple[frozenset[str], ...] = ()
+    needs_text: tuple[frozenset[str], ...] = ()
 
     def __post_init__(self) -> None:
+        if all(s.words is not None and not s.optional for s in self.slots):
+            self.plain = tuple(s.words for s in self.slots if s.words is not None)
+        anchors = [_anchor(slot) for slot in self.slots if not slot.optional and not slot.gap]
+        self.needs = tuple(sorted((a[1] for a in anchors if a and a[0] == "norm"), key=len))
+        self.needs_text = tuple(a[1] for a in anchors if a and a[0] == "text")
         if len(self.slots) < 2:
             return
         first, second = self.slots[0], self.slots[1]
         single = not first.optional and not first.gap and all(len(c) == 1 for c in first.choices)
-        plain = second.starts
-        if (
-            single
-            and not second.optional
-            and not second.gap
-            and not (plain.anything or plain.number or plain.title or plain.exact)
-            and all(len(c) == 1 for c in second.choices)
-        ):
-            self.second = plain.words
+        if single and not second.optional and second.words is not None:
+            self.second = second.words
 
     def longest(self, t: Tokens, start: int) -> int:
         """The end of the longest match starting at start, or -1."""
+        norms = t.norms
+        n = len(norms)
+        if self.plain is not None:
+            end = start
+            for words in self.plain:
+                if end >= n or norms[end] not in words:
+                    return -1
+                end += 1
+            return end
         frontier = {start}
-        n = len(t)
         for slot in self.slots:
             reached: set[int] = set(frontier) if slot.optional else set()
-            if slot.gap:
+            if slot.words is not None:
+                words = slot.words
+                reached.update(pos + 1 for pos in frontier if pos < n and norms[pos] in words)
+            elif slot.gap:
+                skippable = t.skippable
                 for pos in frontier:
                     stop = pos
-                    while stop < n and stop - pos < slot.gap and t.can_skip(stop):
+                    while stop < n and stop - pos < slot.gap and skippable[stop]:
                         stop += 1
                         reached.add(stop)
             else:
@@ -253,6 +356,14 @@ class _Compiled:
         return max(frontier)
 
 
+def _may_match(compiled: _Compiled, norms: frozenset[str], texts: frozenset[str]) -> bool:
+    """False when a word the pattern cannot do without is nowhere in the text."""
+    for words in compiled.needs:
+        if norms.isdisjoint(words):
+            return False
+    return not compiled.needs_text or all(not texts.isdisjoint(e) for e in compiled.needs_text)
+
+
 @dataclass
 class RuleSet:
     """Patterns under keys. Calling it returns every (key, start, end) match, longest per start."""
@@ -261,11 +372,14 @@ class RuleSet:
     _trie: dict[str, Any] = field(default_factory=dict)
     _by_first: dict[str, list[_Compiled]] = field(default_factory=dict)
     _by_exact: dict[str, list[_Compiled]] = field(default_factory=dict)
+    _by_prefix: dict[str, list[tuple[str, _Compiled]]] = field(default_factory=dict)
     _on_number: list[_Compiled] = field(default_factory=list)
     _on_title: list[_Compiled] = field(default_factory=list)
     _anywhere: list[_Compiled] = field(default_factory=list)
+    _starter_words: frozenset[str] | None = None  # worked out on first use after an add
 
     def add(self, key: str, patterns: Iterable[str]) -> None:
+        self._starter_words = None
         for pattern in patterns:
             phrases = phrases_of(pattern, self.norm)
             if phrases is not None:
@@ -281,6 +395,8 @@ class RuleSet:
                 self._by_first.setdefault(word, []).append(compiled)
             for text in starts.exact:
                 self._by_exact.setdefault(text, []).append(compiled)
+            for prefix in starts.prefixes:
+                self._by_prefix.setdefault(prefix[0], []).append((prefix, compiled))
             if starts.number:
                 self._on_number.append(compiled)
             if starts.title:
@@ -307,22 +423,22 @@ class RuleSet:
 
     def __call__(self, t: Tokens) -> list[tuple[str, int, int]]:
         found: dict[tuple[str, int], int] = {}
-        by_first, by_exact = self._by_first, self._by_exact
-        for start, norm in enumerate(t.norms):
-            if norm in self._trie:
+        norms = t.norms
+        n = len(norms)
+        trie, by_first = self._trie, self._by_first
+        present, present_text = frozenset(norms), frozenset(t.texts)
+        for start in self._possible_starts(t):
+            norm = norms[start]
+            if norm in trie:
                 self._walk_trie(t, start, found)
-            candidates: list[_Compiled] = []
-            if norm in by_first:
-                candidates += by_first[norm]
-            if t.texts[start] in by_exact:
-                candidates += by_exact[t.texts[start]]
-            if t.like_num[start]:
-                candidates += self._on_number
-            if t.is_title[start]:
-                candidates += self._on_title
-            following = t.norms[start + 1] if start + 1 < len(t) else None
+            candidates = by_first.get(norm, [])
+            if self._by_exact or self._by_prefix or self._on_number or self._on_title:
+                candidates = candidates + self._rarer_candidates(t, start)
+            following = norms[start + 1] if start + 1 < n else None
             for compiled in (*candidates, *self._anywhere):
                 if compiled.second is not None and following not in compiled.second:
+                    continue
+                if not _may_match(compiled, present, present_text):
                     continue
                 end = compiled.longest(t, start)
                 if end > start:
@@ -330,11 +446,41 @@ class RuleSet:
                     found[key] = max(found.get(key, 0), end)
         return [(key, start, end) for (key, start), end in found.items()]
 
+    def _possible_starts(self, t: Tokens) -> Iterable[int]:
+        """The tokens some rule can start at: most words start none, and are skipped in C."""
+        if self._anywhere or self._by_exact or self._by_prefix or self._on_title:
+            return range(len(t))
+        starters = self._starters()
+        if self._on_number:
+            pairs = enumerate(zip(t.norms, t.like_num, strict=True))
+            return [i for i, (word, number) in pairs if number or word in starters]
+        return [i for i, w in enumerate(t.norms) if w in starters]
+
+    def _starters(self) -> frozenset[str]:
+        if self._starter_words is None:
+            self._starter_words = frozenset(self._trie) | frozenset(self._by_first)
+        return self._starter_words
+
+    def _rarer_candidates(self, t: Tokens, start: int) -> list[_Compiled]:
+        candidates = list(self._by_exact.get(t.texts[start], []))
+        norm = t.norms[start]
+        if norm:
+            for prefix, compiled in self._by_prefix.get(norm[0], []):
+                if norm.startswith(prefix):
+                    candidates.append(compiled)
+        if t.like_num[start]:
+            candidates += self._on_number
+        if t.is_title[start]:
+            candidates += self._on_title
+        return candidates
+
     def _walk_trie(self, t: Tokens, start: int, found: dict[tuple[str, int], int]) -> None:
         node: dict[str, Any] | None = self._trie
+        norms = t.norms
+        n = len(norms)
         i = start
-        while i < len(t) and node is not None:
-            node = node.get(t.norms[i])
+        while i < n and node is not None:
+            node = node.get(norms[i])
             if node is None:
                 return
             i += 1

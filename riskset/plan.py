@@ -20,6 +20,8 @@ def make_plan(
     for strategy in kb.strategies.values():
         if strategy.needs_goal and not wants_change:
             continue
+        if strategy.wakes is not None and strategy.wakes.isdisjoint(facts) and not first:
+            continue  # none of its triggers can fire: skip testing them one by one
         fired = [t for t in strategy.triggers if t.when.holds(facts)]
         if not fired and strategy.id not in first:
             continue

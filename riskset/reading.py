@@ -16,6 +16,7 @@ The pipeline is a blank English tokenizer and four components registered as spaC
 from __future__ import annotations
 
 import re
+import threading
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .knowledge import Condition, KnowledgeBase, KnowledgeError, load_yaml
 from .knowledge import load as load_knowledge
 from .matching import RuleSet, Tokens
 from .models import Finding, Status
+from .snapshot import cached
 
 Category = Literal["negated", "historical", "hypothetical", "other"]
 STATUS_OF: dict[str, Status] = {
@@ -141,10 +143,18 @@ _STRETCH = re.compile(r"(\w)\1{2,}")
 
 
 def fold(word: str) -> str:
-    """Lower case, accents and curly quotes folded: what a rule's word is compared with."""
+    """Lower case, accents and curly quotes folded: what a rule's word is compared with.
+
+    Invisible format characters go too: text pasted from a word processor or a phone carries
+    byte-order marks, zero-width spaces and soft hyphens inside words ("her\u00adoin").
+    """
     word = word.lower().replace("\u2019", "'").replace("\u2018", "'")
     decomposed = unicodedata.normalize("NFKD", word)
-    return "".join(c for c in decomposed if not unicodedata.combining(c))
+    return "".join(
+        c
+        for c in decomposed
+        if not unicodedata.combining(c) and unicodedata.category(c) != "Cf"
+    )
 
 
 @lru_cache(maxsize=200_000)
@@ -162,7 +172,9 @@ def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
 # The pipeline components
 
 try:  # spaCy is imported lazily by load(); the factories are registered on first use.
+    from spacy.attrs import NORM, ORTH
     from spacy.language import Language
+    from spacy.lexeme import Lexeme
     from spacy.tokens import Doc, Span
 except ImportError as err:  # pragma: no cover - spaCy is a hard dependency
     raise ImportError("riskset needs spaCy: pip install riskset") from err
@@ -195,7 +207,10 @@ if not Doc.has_extension("riskset_mentions"):
 
 @Language.factory("riskset_normalizer")
 def make_normalizer(nlp: Language, name: str) -> Normalizer:
-    return Normalizer()
+    return cached("normalizer", Normalizer)
+
+
+_TOKEN_ATTRS = [ORTH, NORM]
 
 
 class Normalizer:
@@ -206,37 +221,38 @@ class Normalizer:
             for pattern in rule.patterns:
                 words.update(fold(w) for w in re.split(r"[\s|]+", pattern))
         self.known = frozenset(words)
-        self._cache: dict[tuple[str, str], str] = {}
+        self._cache: dict[tuple[int, ...], tuple[str, str, bool, bool]] = {}
 
     def __call__(self, doc: Doc) -> Doc:
-        # One pass over the tokens: Python-level token access is the pipeline's main cost.
+        # Token objects are the pipeline's main cost in Python, so read the tokens as arrays of
+        # string ids; a word and spaCy's norm for it (which depends on context: "n't" -> "not")
+        # decide everything the rules see, so they key the cache.
         cache_ = self._cache
-        norms: list[str] = []
-        texts: list[str] = []
-        like_num: list[bool] = []
-        is_title: list[bool] = []
-        for token in doc:
-            text = token.text
-            spacy_norm = token.norm_  # spaCy reads "n't" as "not", in context: part of the key
-            key = (text, spacy_norm)
-            norm = cache_.get(key)
-            if norm is None:
-                norm = normalise_word(
-                    spacy_norm if spacy_norm != text.lower() else text, self.known
-                )
+        strings = doc.vocab.strings
+        entries = []
+        for key in map(tuple, doc.to_array(_TOKEN_ATTRS).tolist()):
+            entry = cache_.get(key)
+            if entry is None:
+                entry = self._entry(doc.vocab[key[0]], strings[key[1]])
                 if len(cache_) < 100_000:
-                    cache_[key] = norm
-            norms.append(norm)
-            texts.append(text)
-            like_num.append(token.like_num)
-            is_title.append(token.is_title)
+                    cache_[key] = entry
+            entries.append(entry)
+        if not entries:
+            doc._.riskset_tokens = Tokens([], [], [], [])
+            return doc
+        norms, texts, like_num, is_title = (list(column) for column in zip(*entries, strict=True))
         doc._.riskset_tokens = Tokens(norms, texts, like_num, is_title)
         return doc
+
+    def _entry(self, lexeme: Lexeme, spacy_norm: str) -> tuple[str, str, bool, bool]:
+        text = lexeme.orth_
+        norm = normalise_word(spacy_norm if spacy_norm != text.lower() else text, self.known)
+        return norm, text, lexeme.like_num, lexeme.is_title
 
 
 @Language.factory("riskset_targets")
 def make_targets(nlp: Language, name: str) -> TargetMatcher:
-    return TargetMatcher(nlp, load_knowledge())
+    return cached("targets", lambda: TargetMatcher(nlp, load_knowledge()))
 
 
 class TargetMatcher:
@@ -322,7 +338,7 @@ def _longest_per_code(mentions: list[Mention]) -> list[Mention]:
 
 @Language.factory("riskset_context")
 def make_context(nlp: Language, name: str) -> ContextReader:
-    return ContextReader(nlp)
+    return cached("context", lambda: ContextReader(nlp))
 
 
 @dataclass
@@ -535,7 +551,8 @@ class FindingBuilder:
         for mention in self._one_per_code_and_status([m for m in mentions if m.other]):
             if mention.code not in self.internal:
                 reading.about_others.append(self._finding(doc, mention))
-        reading.findings.sort(key=lambda f: (f.start if f.start is not None else -1, f.code))
+        for found in (reading.findings, reading.about_others):
+            found.sort(key=lambda f: (f.start if f.start is not None else -1, f.code))
         doc._.riskset_reading = reading
         return doc
 
@@ -609,6 +626,10 @@ class FindingBuilder:
 
 PIPELINE = ("riskset_normalizer", "riskset_targets", "riskset_context", "riskset_findings")
 
+# spaCy does not promise that one pipeline may serve several threads at once: a server that
+# reads from threads holds this lock (one per process, shared by every page that reads text).
+LOCK = threading.Lock()
+
 
 @cache
 def load() -> Language:
@@ -622,8 +643,15 @@ def load() -> Language:
 
 
 def read(text: str) -> Reading:
-    """Findings (and signs, and what is said of others) in one narrative."""
-    return load()(text)._.riskset_reading  # type: ignore[no-any-return]
+    """Findings (and signs, and what is said of others) in one narrative.
+
+    Raises ``InputError`` for text no reader can use (not a string, NUL bytes, lone surrogates).
+    """
+    from .assessment import check_text
+
+    if text == "" or (isinstance(text, str) and not text.strip()):
+        return Reading()  # nothing to read is a valid, empty reading
+    return load()(check_text(text))._.riskset_reading  # type: ignore[no-any-return]
 
 
 def read_many(texts: Iterable[str], batch_size: int = 256) -> Iterator[Reading]:

@@ -15,6 +15,7 @@ Public API: ``Records`` and the value types it returns (``UserInfo``, ``Encounte
 ``Report``, ``Count``, ``ProgramSettings``, ``AuditRecord``); errors ``RecordsError``,
 ``RecordsUnavailable``, ``RecordsInputError``, ``AccessDenied``; vocabularies ``ROLES``,
 ``SUPPLY_KINDS``, ``REFERRAL_KINDS``.
+``RecordsStorageFull`` (a ``RecordsUnavailable``) says the disk or the database is full.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, TextIO, cast
+from urllib.parse import quote
 
 import platformdirs
 from alembic import command
@@ -64,7 +66,7 @@ from sqlalchemy import (
     true,
     update,
 )
-from sqlalchemy.engine import URL, Connection, CursorResult, Result, make_url
+from sqlalchemy.engine import URL, Connection, CursorResult, ExceptionContext, Result, make_url
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -91,6 +93,7 @@ __all__ = [
     "Records",
     "RecordsError",
     "RecordsInputError",
+    "RecordsStorageFull",
     "RecordsUnavailable",
     "Report",
     "Role",
@@ -159,6 +162,16 @@ class RecordsError(Exception):
 
 class RecordsUnavailable(RecordsError):
     """The database cannot be reached, opened or used."""
+
+    def __init__(self, message: str, *, maybe_saved: bool = False) -> None:
+        super().__init__(message)
+        # True only when the connection broke during COMMIT: the server may have saved the
+        # write before the answer was lost, so "nothing was saved" would be a guess.
+        self.maybe_saved = maybe_saved
+
+
+class RecordsStorageFull(RecordsUnavailable):
+    """The disk (or the database's size limit) is full: nothing more can be written."""
 
 
 class RecordsInputError(RecordsError, ValueError):
@@ -416,7 +429,13 @@ def default_database_url() -> str:
     if env := os.environ.get(ENV_URL, "").strip():
         return env
     folder = platformdirs.user_data_path("riskset")
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as err:
+        raise RecordsUnavailable(
+            f"cannot make the data folder {folder}: {err.strerror or err}; make it writable "
+            f"for this account, or point {ENV_URL} at a database"
+        ) from None
     return f"sqlite:///{folder / SQLITE_FILE}"
 
 
@@ -446,12 +465,19 @@ def _parse_url(raw: str) -> URL:
     return url
 
 
+def _sqlite_file(url: URL) -> Path | None:
+    """The database file of a SQLite URL; None for memory and ``file:`` URI databases."""
+    path = url.database
+    if not path or path == ":memory:" or path.startswith("file:") or url.query.get("uri"):
+        return None
+    return Path(os.path.abspath(path))
+
+
 def _prepare_sqlite_file(url: URL) -> None:
     """Create a new database file readable by its owner only (WAL files inherit the mode)."""
-    path = url.database
-    if not path or path == ":memory:" or path.startswith("file:"):
+    target = _sqlite_file(url)
+    if target is None:
         return
-    target = Path(path)
     if target.exists() or not target.parent.is_dir():
         return  # a missing folder is reported by the first connection, with a hint
     try:
@@ -459,7 +485,10 @@ def _prepare_sqlite_file(url: URL) -> None:
     except FileExistsError:
         pass
     except OSError as err:
-        raise RecordsUnavailable(f"cannot create the records database {target}: {err}") from None
+        raise RecordsUnavailable(
+            f"cannot create the records database {target}: {err.strerror or err}; make its "
+            f"folder writable for this account, or point {ENV_URL} at another database"
+        ) from None
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -477,6 +506,61 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def _open_existing_file_only(engine: Engine, path: Path) -> None:
+    """Open the file read-write but never create it (SQLite's mode=rw).
+
+    Riskset makes the file itself, once, private (_prepare_sqlite_file). A file that is gone
+    later (deleted, its disk not mounted) must be an error, not a new empty database that the
+    next start would migrate and serve as if every record had been lost.
+    """
+    uri = f"file:{quote(str(path))}?mode=rw"
+
+    def connect_to_existing(_dialect: Any, _record: Any, cargs: list[Any], cparams: Any) -> None:
+        cargs[0] = uri
+        cparams["uri"] = True
+
+    event.listen(engine, "do_connect", connect_to_existing)
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = path.stat()
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _watch_sqlite_file(engine: Engine, path: Path) -> None:
+    """Drop pooled connections whose file is no longer the one at ``path``.
+
+    An open connection keeps its file even after the file is moved, deleted or replaced (a
+    backup restored over it): writes through it would land in a file nobody will open again.
+    Checking on every checkout (one stat) turns that into a reconnect, which either finds the
+    database again or fails with a message.
+    """
+
+    def remember(_dbapi_connection: Any, record: Any) -> None:
+        record.info["riskset_file"] = _file_identity(path)
+
+    def check(_dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.get("riskset_file") != _file_identity(path):
+            raise exc.InvalidatePoolError(f"{path} is no longer the file this connection has")
+
+    event.listen(engine, "connect", remember)
+    event.listen(engine, "checkout", check)
+
+
+# A connection that met one of these keeps meeting it after the cause is gone (one opened
+# while the folder was read-only stays read-only), so it is closed and the next use reopens.
+_SQLITE_STUCK = frozenset({sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_CANTOPEN})
+
+
+def _drop_stuck_sqlite_connection(context: ExceptionContext) -> None:
+    code = getattr(context.original_exception, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _SQLITE_STUCK:
+        context.is_disconnect = True
+
+
 def _sqlite_on_begin(connection: Any) -> None:
     # Writes take the write lock up front (BEGIN IMMEDIATE): a deferred transaction that reads
     # then writes can fail at once with "database is locked", whatever the busy timeout.
@@ -491,6 +575,10 @@ def _make_engine(url: URL) -> Engine:
             engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S})
             event.listen(engine, "connect", _sqlite_on_connect)
             event.listen(engine, "begin", _sqlite_on_begin)
+            event.listen(engine, "handle_error", _drop_stuck_sqlite_connection)
+            if (path := _sqlite_file(url)) is not None:
+                _open_existing_file_only(engine, path)
+                _watch_sqlite_file(engine, path)
             return engine
         return create_engine(
             url, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S}
@@ -509,10 +597,48 @@ def _first_line(err: BaseException) -> str:
     return text[0] if text else type(orig).__name__
 
 
-def _sqlite_hint(message: str) -> str:
+def _missing_or_read_only(path: Path | None) -> str | None:
+    """What is wrong with the database's file or folder, when that can be seen from here."""
+    if path is None:
+        return None
+    if not path.parent.is_dir():
+        return (
+            f"its folder {path.parent} is not there (moved away, or its disk not mounted); "
+            f"put it back, or point {ENV_URL} at the database"
+        )
+    if not path.exists():
+        return "the file is not there: put it back or restore it from a backup, or point " + (
+            f"{ENV_URL} at the database"
+        )
+    # WAL needs to make files beside the database, so the folder must be writable too.
+    for place in (path.parent, path):
+        if not os.access(place, os.W_OK):
+            return f"{place} is read-only (a read-only disk, or this account may not write there)"
+    return None
+
+
+def _is_storage_full(err: BaseException) -> bool:
+    orig = getattr(err, "orig", None) or err
+    # SQLITE_FULL comes from a full disk and from max_page_count alike; 53100 is PostgreSQL's
+    # disk_full.
+    return (
+        getattr(orig, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or getattr(orig, "sqlstate", None) == "53100"
+    )
+
+
+def _sqlite_hint(message: str, path: Path | None) -> str:
     lower = message.lower()
-    if "unable to open" in lower or "readonly" in lower:
-        return "check that the folder exists and this account may write there, or set " + ENV_URL
+    cannot_open_or_write = "unable to open" in lower or "readonly" in lower
+    if cannot_open_or_write and (found := _missing_or_read_only(path)):
+        return found
+    if "unable to open" in lower:
+        return (
+            "check that the file and its folder are there (a moved folder, an unmounted disk) "
+            "and that this account may write there, or set " + ENV_URL
+        )
+    if "readonly" in lower:
+        return "the file or its folder is read-only: check that this account may write there"
     if "locked" in lower or "busy" in lower:
         return "another program holds it locked; try again, and close any other tool using it"
     if "not a database" in lower or "malformed" in lower:
@@ -533,6 +659,30 @@ def _alembic_config(connection: Connection | None = None) -> Config:
     # env.py runs on this connection, inside the caller's transaction and lock.
     config.attributes["connection"] = connection
     return config
+
+
+_FK_CHECK = "PRAGMA foreign_key_check"
+
+
+@contextmanager
+def _sqlite_foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """Rebuild tables without cascades: with foreign keys on, the DROP TABLE of a batch-mode
+    table rebuild deletes every child row (ON DELETE CASCADE) before the new table takes the
+    old one's name. The pragma only takes effect outside a transaction, so it is set on the
+    driver connection before BEGIN; the migration checks the links itself (_FK_CHECK)."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    driver = conn.connection.driver_connection
+    assert driver is not None  # nosec B101 # a checked-out SQLite connection always has its driver
+    driver.execute("PRAGMA foreign_keys = OFF")
+    try:
+        yield
+    finally:
+        try:
+            driver.execute("PRAGMA foreign_keys = ON")
+        except sqlite3.Error:
+            conn.invalidate()  # never hand a connection without foreign keys back to the pool
 
 
 def head_revision() -> str:
@@ -697,16 +847,23 @@ class Records:
     def __exit__(self, *_: object) -> None:
         self.close()
 
-    def _unavailable(self, err: BaseException) -> RecordsUnavailable:
+    def _unavailable(self, err: BaseException, *, maybe_saved: bool = False) -> RecordsUnavailable:
         message = _first_line(err)
+        where = (self._url.database or "(memory)") if self.backend == "sqlite" else self.url
+        if _is_storage_full(err):
+            return RecordsStorageFull(
+                f"the records database {where} is full: {message}; free space on its disk "
+                "(or raise its size limit), then try again; what was saved before is kept"
+            )
         if self.backend == "sqlite":
-            where = self._url.database or "(memory)"
             return RecordsUnavailable(
-                f"cannot use the records database {where}: {message}; {_sqlite_hint(message)}"
+                f"cannot use the records database {where}: {message}; "
+                + _sqlite_hint(message, _sqlite_file(self._url))
             )
         return RecordsUnavailable(
-            f"cannot use the records database {self.url}: {message}; check that the PostgreSQL "
-            f"server is running and reachable and that {ENV_URL} is right"
+            f"cannot use the records database {where}: {message}; check that the PostgreSQL "
+            f"server is running and reachable and that {ENV_URL} is right",
+            maybe_saved=maybe_saved,
         )
 
     @contextmanager
@@ -726,8 +883,22 @@ class Records:
 
     @contextmanager
     def _write(self) -> Iterator[Session]:
-        with self._guard(), self._writes() as session, session.begin():
+        with self._guard(), self._writes() as session:
+            session.begin()
             yield session
+            session.flush()  # so that only COMMIT itself is left to fail in _commit
+            self._commit(session)
+
+    def _commit(self, session: Session) -> None:
+        try:
+            session.commit()
+        except exc.IntegrityError:
+            raise
+        except exc.DBAPIError as err:
+            # SQLite commits or not, and says which. A PostgreSQL server whose connection broke
+            # during COMMIT may have committed before the answer was lost.
+            lost = self.backend == "postgresql" and err.connection_invalidated
+            raise self._unavailable(err, maybe_saved=lost) from None
 
     def migrate(self) -> str:
         """Bring the tables to the newest revision; safe when many processes open at once.
@@ -740,18 +911,30 @@ class Records:
             with self.engine.connect() as conn:
                 if MigrationContext.configure(conn).get_current_revision() == head:
                     return head
-            # Serialise migrators: SQLite by BEGIN IMMEDIATE, PostgreSQL by an advisory lock.
-            with self.engine.execution_options(riskset_begin="IMMEDIATE").begin() as conn:
-                if self.backend == "postgresql":
-                    conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
-                try:
-                    command.upgrade(_alembic_config(conn), "head")
-                except CommandError as err:
-                    raise RecordsUnavailable(
-                        f"the records database {self.url} has a schema this riskset does not "
-                        f"know ({err}); was it made by a newer riskset?"
-                    ) from None
+            # One transaction for every revision, on both backends (SQLite's DDL is
+            # transactional too): a migration killed half-way leaves the old revision whole.
+            with self.engine.connect() as conn, _sqlite_foreign_keys_off(conn):
+                conn.execution_options(riskset_begin="IMMEDIATE")
+                with conn.begin():
+                    self._upgrade(conn)
         return head
+
+    def _upgrade(self, conn: Connection) -> None:
+        # Serialise migrators: SQLite by BEGIN IMMEDIATE, PostgreSQL by an advisory lock.
+        if self.backend == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({PG_MIGRATION_LOCK})")
+        try:
+            command.upgrade(_alembic_config(conn), "head")
+        except CommandError as err:
+            raise RecordsUnavailable(
+                f"the records database {self.url} has a schema this riskset does not "
+                f"know ({err}); was it made by a newer riskset?"
+            ) from None
+        if self.backend == "sqlite" and (broken := conn.exec_driver_sql(_FK_CHECK).first()):
+            raise RecordsUnavailable(
+                f"a migration of {self.url} would leave rows of {broken[0]} pointing at "
+                "nothing, so it was undone and nothing changed; report this to riskset's makers"
+            )
 
     # ---- sites ------------------------------------------------------------------------
 

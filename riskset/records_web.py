@@ -10,8 +10,16 @@ keyed by RISKSET_SECRET_KEY or a random key kept in the data folder. It holds th
 the account's session epoch (bumped on sign-out and password change, which ends every session
 of that account) and the CSRF token; nothing about the people encounters are about.
 
+Sign-in is throttled per account and per client address (``login_limit``): after too many
+wrong passwords the form answers 429 with Retry-After until the window has passed.
+
+When the database cannot be used the pages answer 503 (507 when its disk is full) saying
+whether anything was saved; the next request tries the database again, so the records come
+back by themselves when the database does.
+
 Tests (or the main app) may swap the database with
-``app.dependency_overrides[records_web.get_records] = lambda: records``.
+``app.dependency_overrides[records_web.get_records] = lambda: records``, and the sign-in
+throttle likewise through ``get_login_limiter``.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import hashlib
 import hmac
 import io
 import json
+import logging
 import os
 import secrets
 import time
@@ -43,6 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import FormData
 
 from .assessment import InputError, assess
+from .login_limit import LoginLimiter, limiter_from_environment
 from .models import Assessment
 from .records import (
     REFERRAL_KINDS,
@@ -54,6 +64,7 @@ from .records import (
     Records,
     RecordsError,
     RecordsInputError,
+    RecordsStorageFull,
     RecordsUnavailable,
     Report,
     Role,
@@ -61,7 +72,7 @@ from .records import (
     code_label,
 )
 
-__all__ = ["get_records", "router"]
+__all__ = ["get_login_limiter", "get_records", "router"]
 
 PREFIX = "/records"
 API = PREFIX + "/api/"
@@ -107,6 +118,19 @@ def get_records() -> Records:
 RecordsDep = Annotated[Records, Depends(get_records)]
 
 
+@cache
+def _default_login_limiter() -> LoginLimiter:
+    return limiter_from_environment()
+
+
+def get_login_limiter() -> LoginLimiter:
+    """The sign-in throttle (a dependency, so tests can give one with their own clock)."""
+    return _default_login_limiter()
+
+
+LimiterDep = Annotated[LoginLimiter, Depends(get_login_limiter)]
+
+
 # --------------------------------------------------------------------------------------
 # Signed session cookie
 # --------------------------------------------------------------------------------------
@@ -123,14 +147,36 @@ class WebSession:
 @cache
 def _stored_key(path: Path) -> bytes:
     """A random key made once and kept (mode 0600) so sessions survive a restart."""
+    try:
+        key = _read_or_make_key(path)
+    except OSError as err:
+        raise RecordsUnavailable(
+            f"cannot keep the sign-in key in {path}: {err.strerror or err}; make the folder "
+            "writable for this account, or set RISKSET_SECRET_KEY"
+        ) from None
+    if len(key) < 32:  # a short or empty key would let anyone sign session cookies
+        raise RecordsUnavailable(
+            f"the sign-in key in {path} is damaged: delete the file (a new key is made and "
+            "everyone signs in again), or set RISKSET_SECRET_KEY"
+        )
+    return key
+
+
+def _read_or_make_key(path: Path) -> bytes:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:
         return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as out:
-        key = secrets.token_hex(32).encode()
-        out.write(key)
+    key = secrets.token_hex(32).encode()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(key)
+            out.flush()
+            os.fsync(out.fileno())
+    except OSError:
+        path.unlink(missing_ok=True)  # a full disk must not leave an empty key for next time
+        raise
     return key
 
 
@@ -230,9 +276,67 @@ _ERROR_STATUS: list[tuple[type[Exception], int]] = [
     (AccessDenied, 403),
     (RecordsInputError, 400),
     (InputError, 400),
-    (RecordsUnavailable, 503),
     (RecordsError, 500),
 ]
+# A database that went away usually comes back within a minute (a restart, a failover).
+RETRY_AFTER_S = 30
+_ADMIN = "if it keeps happening, tell your program's admin."
+
+
+def _what_happened(request: Request, err: RecordsUnavailable) -> str:
+    """The first thing a person needs: was their work saved, and what to do now."""
+    if isinstance(err, RecordsStorageFull):
+        return (
+            "The records database is full, so nothing was saved. What was saved before is "
+            "safe. Tell your program's admin."
+        )
+    if err.maybe_saved:
+        return (
+            "The connection to the records database broke while saving, so it may or may not "
+            "have been saved. Look at the records before entering it again."
+        )
+    if request.method in SAFE_METHODS:
+        return f"The records database cannot be used right now. Try again in a minute; {_ADMIN}"
+    return (
+        "The records database cannot be used right now, so nothing was saved. Try again in a "
+        f"minute; {_ADMIN}"
+    )
+
+
+def _unavailable_response(request: Request, err: RecordsUnavailable) -> Response:
+    status = 507 if isinstance(err, RecordsStorageFull) else 503
+    summary = _what_happened(request, err)
+    # The technical detail names the database's file or server, which is nobody's business on
+    # a page anyone can reach: it goes to the server's log, where the admin looks.
+    logging.getLogger(__name__).error("records unavailable: %s", err)
+    response: Response
+    if _is_api(request):
+        response = JSONResponse({"detail": summary}, status_code=status)
+    else:
+        context = {"status": status, "message": summary, "detail": "the server's log says why"}
+        try:
+            response = _page(request, "records_error.html", context, status)
+        except RecordsError:  # the session key itself is what cannot be had
+            response = _bare_page(request, "records_error.html", context, status)
+    if status == 503:
+        response.headers["Retry-After"] = str(RETRY_AFTER_S)
+    return response
+
+
+def _error_response(request: Request, err: Exception) -> Response:
+    try:
+        return _answer(request, err)
+    except RecordsUnavailable as worse:  # a page needs the session key, which may be unwritable
+        return _unavailable_response(request, worse)
+
+
+def _answer(request: Request, err: Exception) -> Response:
+    if isinstance(err, Refusal):
+        return _refusal_response(request, err.status, err.message)
+    if isinstance(err, RecordsUnavailable):
+        return _unavailable_response(request, err)
+    status = next(code for kind, code in _ERROR_STATUS if isinstance(err, kind))
+    return _refusal_response(request, status, str(err))
 
 
 class RecordsRoute(APIRoute):
@@ -245,11 +349,8 @@ class RecordsRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             try:
                 response = await handler(request)
-            except Refusal as refusal:
-                response = _refusal_response(request, refusal.status, refusal.message)
-            except (RecordsError, InputError) as err:
-                status = next(code for kind, code in _ERROR_STATUS if isinstance(err, kind))
-                response = _refusal_response(request, status, str(err))
+            except (Refusal, RecordsError, InputError) as err:
+                response = _error_response(request, err)
             for name, value in SECURITY_HEADERS.items():
                 response.headers.setdefault(name, value)
             return response
@@ -342,6 +443,14 @@ def _page(
     return response
 
 
+def _bare_page(
+    request: Request, name: str, context: dict[str, Any], status: int
+) -> HTMLResponse:
+    """A page with no session at all: no account named, no form to post."""
+    full = {"user": None, "csrf": "", "prefix": PREFIX, "notice": None, "label": code_label}
+    return _templates.TemplateResponse(request, name, full | context, status)
+
+
 def _redirect(path: str, done: str = "") -> RedirectResponse:
     return RedirectResponse(PREFIX + path + (f"?done={done}" if done else ""), status_code=303)
 
@@ -361,15 +470,42 @@ def login_page(request: Request, records: RecordsDep, next: str = "") -> Respons
 
 
 @router.post("/login", dependencies=[Depends(_csrf_only)])
-async def login(request: Request, records: RecordsDep) -> Response:
+async def login(request: Request, records: RecordsDep, limiter: LimiterDep) -> Response:
     form = await request.form()
     username, password = _text(form, "username"), _text(form, "password")
-    user = await run_in_threadpool(records.authenticate, username, password)
+    address = _client_address(request)
+    # Refused before the password is looked at: past the limit even the right one waits.
+    if (wait := limiter.attempt(address, username)) is not None:
+        return _too_many_tries(request, _text(form, "next"), wait)
+    try:
+        user = await run_in_threadpool(records.authenticate, username, password)
+    except RecordsUnavailable:
+        limiter.abandoned(address, username)
+        raise
     if user is None:
         context = {"next": _text(form, "next"), "error": "Wrong username or password."}
         return _page(request, "records_login.html", context, 400)
+    limiter.succeeded(address, username)
     response = RedirectResponse(_safe_next(_text(form, "next")), status_code=303)
     _set_cookie(request, response, _new_session(user))
+    return response
+
+
+def _client_address(request: Request) -> str:
+    # Behind a reverse proxy this is the proxy unless the server trusts its forwarded-for
+    # header (uvicorn does for proxies on this machine).
+    return request.client.host if request.client else "unknown"
+
+
+def _too_many_tries(request: Request, next_page: str, wait: int) -> Response:
+    minutes = max(1, -(-wait // 60))
+    error = (
+        "Too many wrong sign-ins for this account or from this device. Wait "
+        f"{minutes} minute{'s' if minutes != 1 else ''} and try again, or ask your program's "
+        "admin to set a new password."
+    )
+    response = _page(request, "records_login.html", {"next": next_page, "error": error}, 429)
+    response.headers["Retry-After"] = str(wait)
     return response
 
 
@@ -761,7 +897,8 @@ def bar_chart(title: str, rows: Sequence[Count], width: int = 720) -> Markup:
             f"<title>{escape(row.label)}: {row.count}</title></rect>"
             f'<text x="{label_w + length + 6}" y="{y + 17}">{row.count}</text>'
         )
-    return Markup("".join(parts) + "</svg>")
+    svg = "".join(parts) + "</svg>"
+    return Markup(svg)  # nosec B704 # all text in parts is escape()d
 
 
 def column_chart(title: str, rows: Sequence[Count], width: int = 720) -> Markup:
@@ -792,7 +929,8 @@ def column_chart(title: str, rows: Sequence[Count], width: int = 720) -> Markup:
                 f'class="axis">{escape(row.key[5:])}</text>'
             )
     parts.append(f'<line x1="{left}" y1="{base}" x2="{width - left}" y2="{base}"/>')
-    return Markup("".join(parts) + "</svg>")
+    svg = "".join(parts) + "</svg>"
+    return Markup(svg)  # nosec B704 # all text in parts is escape()d
 
 
 def _svg_open(title: str, width: int, height: int) -> str:

@@ -863,7 +863,7 @@ def _to_original(
     for span in extra:
         while k < len(spans):
             done = spans[k]
-            assert done.kind is not None
+            assert done.kind is not None  # nosec B101 # _find_spans returns only spans with a kind
             rendered_end = done.start + shift + len(placeholders[done.kind])
             if rendered_end > span.start:
                 break
@@ -887,7 +887,7 @@ def _render(text: str, spans: list[_Span], placeholders: dict[Kind, str]) -> str
     parts: list[str] = []
     cursor = 0
     for span in spans:
-        assert span.kind is not None
+        assert span.kind is not None  # nosec B101 # _find_spans returns only spans with a kind
         parts.append(text[cursor : span.start])
         parts.append(placeholders[span.kind])
         cursor = span.end

@@ -19,7 +19,6 @@ stored: with a group code, only codes and counts are (see riskset.training).
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -30,7 +29,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import __version__
+from . import __version__, reading
 from .knowledge import KnowledgeError
 from .knowledge import load as load_knowledge
 from .training import (
@@ -71,9 +70,8 @@ FIELDS: tuple[tuple[str, str, str], ...] = (
     ("setting", "Setting", "Where are they? Who is around them, and how might those people react?"),
     ("plan", "What you would offer", "The strategies you would talk through with the person."),
 )
-# spaCy does not promise one pipeline may serve several threads at once, so feedback (which
-# reads text) runs one request at a time.
-_CORE = threading.Lock()
+# Feedback reads text: under the reading pipeline's lock, shared with the assessment pages.
+_CORE = reading.LOCK
 T = TypeVar("T")
 
 pages = APIRouter(prefix=PAGE_PATH, tags=["training pages"], include_in_schema=False)

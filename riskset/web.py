@@ -9,16 +9,19 @@ outreach workers are often offline or on a poor connection. Nothing a worker typ
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import itertools
 import json
-import threading
+import logging
+import math
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.message import Message as HeaderValue
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple, cast
+from typing import Annotated, Any, Literal, NamedTuple, TypedDict, cast
 from urllib.parse import unquote_to_bytes
 
 import jinja2
@@ -46,6 +49,10 @@ from .training_web import router as training_router
 
 HERE = Path(__file__).parent
 DEFAULT_MAX_TEXT = 20_000
+# A reading takes milliseconds; a request still unanswered after this long is stuck or waiting
+# behind a flood, and the person is better served by a clear "try again" than by a spinner.
+DEFAULT_TIMEOUT = 30.0
+TIMEOUT_ENV = "RISKSET_REQUEST_TIMEOUT"
 # The questionnaire's first question is answered in the narrative box itself.
 NARRATIVE_QUESTION = "issue"
 JESSICA = (
@@ -54,9 +61,9 @@ JESSICA = (
     "and anxious and is looking to use again. She buys a bag and heads to the syringe exchange "
     "for some new points and heads to her encampment in a rush."
 )
-# spaCy does not promise that one pipeline may be used from several threads at once, and the work
-# is CPU-bound under the GIL anyway, so the core runs one request at a time.
-_CORE = threading.Lock()
+# The work is CPU-bound under the GIL anyway, so the core runs one request at a time, under the
+# reading pipeline's own lock (spaCy does not promise a pipeline may serve threads at once).
+_CORE = reading.LOCK
 
 
 # --- the models behind both the JSON API and the pages ----------------------------------------
@@ -156,6 +163,7 @@ class CodeBook(_Model):
 @dataclass(frozen=True)
 class Settings:
     max_text: int
+    timeout: float = DEFAULT_TIMEOUT
 
     @property
     def max_body(self) -> int:
@@ -642,6 +650,7 @@ STATUS_TITLES = {
     415: "That kind of content is not accepted",
     422: "Something needs changing",
     500: "Something went wrong on our side",
+    503: "That took too long",
 }
 
 
@@ -712,7 +721,11 @@ async def on_crash(request: Request, exc: Exception) -> Response:
     detail = (
         "riskset hit an unexpected problem; please try again, or report it if it keeps happening"
     )
-    return problem(Where.of(request.scope), 500, detail)
+    response = problem(Where.of(request.scope), 500, detail)
+    # Starlette answers a crash outside every middleware, SecurityHeaders included.
+    for name, value in security_headers(request.scope):
+        response.headers.setdefault(name.decode(), value.decode())
+    return response
 
 
 # --- middleware ---------------------------------------------------------------------------------
@@ -836,8 +849,20 @@ DOCS_CSP = CSP.replace("script-src 'self'", "script-src 'self' 'unsafe-inline'")
 )
 
 
-class SecurityHeaders:
+def security_headers(scope: Scope) -> list[tuple[bytes, bytes]]:
     """Headers every response carries; POST answers hold a narrative, so no cache keeps them."""
+    extra = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"content-security-policy", (DOCS_CSP if scope["path"] == "/docs" else CSP).encode()),
+    ]
+    if scope["method"] != "GET":
+        extra.append((b"cache-control", b"no-store"))
+    return extra
+
+
+class SecurityHeaders:
+    """Adds ``security_headers`` to every response that does not set its own."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -846,13 +871,7 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        extra = [
-            (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"content-security-policy", (DOCS_CSP if scope["path"] == "/docs" else CSP).encode()),
-        ]
-        if scope["method"] != "GET":
-            extra.append((b"cache-control", b"no-store"))
+        extra = security_headers(scope)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -866,6 +885,89 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+class Deadline:
+    """A request not answered within ``seconds`` gets a 503 that says so, instead of hanging.
+
+    The late work cannot be stopped once it runs in a thread (Python cannot interrupt one), so it
+    finishes on its own and its answer is dropped; work still waiting for a thread is cancelled.
+    A response already under way is left to finish: the person is getting their answer.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        reply = _Reply(send)
+        # A task of its own, so waiting for it can stop at the deadline even while it sits in
+        # a thread, which no cancellation reaches.
+        work = asyncio.ensure_future(self.app(scope, receive, reply.send))
+        try:
+            await asyncio.wait({work}, timeout=self.seconds)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        if work.done() or reply.started:
+            await work
+            return
+        reply.late = True
+        _abandon(work)
+        await problem(Where.of(scope), 503, self._detail())(scope, receive, send)
+
+    def _detail(self) -> str:
+        seconds = f"{self.seconds:g} second{'' if self.seconds == 1 else 's'}"
+        return f"no answer came within {seconds}, so riskset stopped trying; please try again soon"
+
+
+class _Reply:
+    """Passes the app's answer on, unless the deadline has passed and a 503 went instead."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.started = False
+        self.late = False
+
+    async def send(self, message: Message) -> None:
+        if self.late:
+            return
+        self.started = self.started or message["type"] == "http.response.start"
+        await self._send(message)
+
+
+_LATE: set[asyncio.Future[None]] = set()
+
+
+def _abandon(work: asyncio.Future[None]) -> None:
+    # Held until done (a task nobody references may be collected midway), and a late crash still
+    # reaches the log, since nobody is left to answer it.
+    _LATE.add(work)
+    work.add_done_callback(_forget)
+    work.cancel()
+
+
+def _forget(work: asyncio.Future[None]) -> None:
+    _LATE.discard(work)
+    if not work.cancelled() and (err := work.exception()) is not None:
+        logging.getLogger(__name__).error("a request that timed out then failed", exc_info=err)
+
+
+def request_timeout() -> float:
+    """$RISKSET_REQUEST_TIMEOUT seconds, else the default: worker processes read it themselves."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds above 0, not {raw!r}")
+    return seconds
+
+
 # --- the JSON API -------------------------------------------------------------------------------
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
@@ -873,6 +975,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     413: {"model": Problem, "description": "The body is too large."},
     415: {"model": Problem, "description": "The body is not sent as JSON."},
     422: {"model": Problem, "description": "The input cannot be assessed (empty, too long ...)."},
+    503: {"model": Problem, "description": "No answer within the time limit (30 s by default)."},
 }
 
 api = APIRouter(prefix="/api/v1", tags=["assessment"])
@@ -1133,6 +1236,12 @@ def _warm_up() -> None:
     # Loading the language pipeline takes seconds: do it before the first person waits for it.
     load_knowledge()
     reading.load()
+    # The codes (built once, running the language check over every name) and the templates take
+    # about a second and a half together the first time; under `make load` the first visitors
+    # after a start all waited ~2.7 s for them behind one another.
+    code_book(load_knowledge())
+    for name in ENV.list_templates(extensions=["html"]):
+        ENV.get_template(name)
 
 
 @asynccontextmanager
@@ -1144,20 +1253,25 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
 
-def create_app(max_text: int = DEFAULT_MAX_TEXT) -> FastAPI:
-    """The riskset web app; ``max_text`` is the most characters one text may have."""
+def create_app(max_text: int = DEFAULT_MAX_TEXT, timeout: float | None = None) -> FastAPI:
+    """The riskset web app; ``max_text`` is the most characters one text may have.
+
+    ``timeout`` is the most seconds a request may take (default: ``request_timeout()``).
+    """
     app = FastAPI(
         title="riskset",
         version=__version__,
         description=(
             "Harm reduction assessment: Risk, Set and Setting, read from a worker's own words. "
-            "Every refusal is a 4xx with a `detail` that says what to change."
+            "Every refusal is a 4xx with a `detail` that says what to change; a request not "
+            "answered in time gets a 503 with a `detail` too."
         ),
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.settings = Settings(max_text=max_text)
+    seconds = request_timeout() if timeout is None else timeout
+    app.state.settings = Settings(max_text=max_text, timeout=seconds)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.include_router(api)
     app.include_router(service)
@@ -1175,14 +1289,44 @@ def create_app(max_text: int = DEFAULT_MAX_TEXT) -> FastAPI:
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, handler)
     app.add_middleware(BodyGuard, max_body=app.state.settings.max_body)
+    # Outside BodyGuard, so a body sent too slowly counts against the deadline too.
+    app.add_middleware(Deadline, seconds=app.state.settings.timeout)
     app.add_middleware(SecurityHeaders)
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the web app with uvicorn until interrupted."""
+def serve(host: str = "127.0.0.1", port: int = 8000, workers: int = 1) -> None:
+    """Run the web app with uvicorn until interrupted; ``workers`` processes share the port."""
     import uvicorn
 
     shown = f"[{host}]" if ":" in host else host
     print(f"riskset is starting at http://{shown}:{port}/  (Ctrl+C stops it)", flush=True)
-    uvicorn.run(create_app(), host=host, port=port)
+    limits = server_limits(request_timeout())
+    if workers > 1:
+        # Each worker process builds its own app, so it is named rather than passed.
+        uvicorn.run(
+            "riskset.web:create_app", factory=True, host=host, port=port, workers=workers, **limits
+        )
+    else:
+        uvicorn.run(create_app(), host=host, port=port, **limits)
+
+
+class ServerLimits(TypedDict):
+    timeout_keep_alive: int
+    limit_concurrency: int
+    timeout_graceful_shutdown: int
+
+
+def server_limits(timeout: float) -> ServerLimits:
+    """uvicorn's own limits, per process, chosen rather than left to its defaults."""
+    return ServerLimits(
+        # Idle keep-alive connections close after 5 s: phones reconnect cheaply, and an idle
+        # connection holds a slot that a person waiting for an answer could use.
+        timeout_keep_alive=5,
+        # Beyond this many connections and requests at once, uvicorn answers a plain 503 at once
+        # instead of queueing work the deadline would cut anyway. Each request may hold a body of
+        # up to Settings.max_body (~0.3 MB), so this also keeps a flood under ~150 MB.
+        limit_concurrency=500,
+        # Stopping waits for open requests, but no longer than a request may take.
+        timeout_graceful_shutdown=math.ceil(timeout) + 5,
+    )

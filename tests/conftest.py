@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# The start-up snapshots the tests make go in a folder of their own, not the user's cache.
+os.environ["RISKSET_CACHE_DIR"] = tempfile.mkdtemp(prefix="riskset-test-cache-")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"

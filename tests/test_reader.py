@@ -109,7 +109,12 @@ def test_evidence_offsets_are_exact_with_unicode_and_crlf() -> None:
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=400))
 def test_any_text_reads_with_valid_spans_and_the_same_answer_twice(text: str) -> None:
-    first = riskset.read(text)
+    try:
+        first = riskset.read(text)
+    except riskset.InputError as err:
+        # Only text no reader can use is refused, and it is said why.
+        assert "\x00" in text or any("\ud800" <= c <= "\udfff" for c in text), err
+        return
     for f in first.findings + first.signs + first.about_others:
         if f.start is not None:
             assert 0 <= f.start <= f.end <= len(text)  # type: ignore[operator]
@@ -117,3 +122,19 @@ def test_any_text_reads_with_valid_spans_and_the_same_answer_twice(text: str) ->
         assert f.status in Status
     again = riskset.read(text)
     assert [f.model_dump() for f in again.findings] == [f.model_dump() for f in first.findings]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["\ufeffheroin alone", "shot \ufeffheroin", "shot her\u200boin", "shot her\u00adoin"],
+)
+def test_invisible_characters_pasted_into_a_word_do_not_hide_it(text: str) -> None:
+    found = {f.code: f for f in riskset.read(text).findings}
+    assert "substance:heroin" in found
+    heroin = found["substance:heroin"]
+    assert text[heroin.start : heroin.end] == heroin.text  # the span keeps the original text
+
+
+def test_text_no_reader_can_use_is_refused_with_a_reason() -> None:
+    with pytest.raises(riskset.InputError, match="not valid Unicode"):
+        riskset.read("a\ud800b")
