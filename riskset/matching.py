@@ -425,17 +425,20 @@ class RuleSet:
         found: dict[tuple[str, int], int] = {}
         norms = t.norms
         n = len(norms)
-        trie, by_first = self._trie, self._by_first
+        trie, by_first, anywhere = self._trie, self._by_first, self._anywhere
         present, present_text = frozenset(norms), frozenset(t.texts)
-        for start in self._possible_starts(t):
+        rare = self._rare_starts(t, present, present_text)
+        for start in self._possible_starts(t, rare):
             norm = norms[start]
             if norm in trie:
                 self._walk_trie(t, start, found)
             candidates = by_first.get(norm, [])
-            if self._by_exact or self._by_prefix or self._on_number or self._on_title:
+            if start in rare:
                 candidates = candidates + self._rarer_candidates(t, start)
+            if anywhere:
+                candidates = candidates + anywhere
             following = norms[start + 1] if start + 1 < n else None
-            for compiled in (*candidates, *self._anywhere):
+            for compiled in candidates:
                 if compiled.second is not None and following not in compiled.second:
                     continue
                 if not _may_match(compiled, present, present_text):
@@ -446,14 +449,33 @@ class RuleSet:
                     found[key] = max(found.get(key, 0), end)
         return [(key, start, end) for (key, start), end in found.items()]
 
-    def _possible_starts(self, t: Tokens) -> Iterable[int]:
+    def _rare_starts(
+        self, t: Tokens, norms: frozenset[str], texts: frozenset[str]
+    ) -> frozenset[int]:
+        """Where a pattern that starts with an exact text, a prefix, a number or a capital may
+        start; most texts hold none of these, which a set test on the whole text tells."""
+        exact = self._by_exact if not texts.isdisjoint(self._by_exact) else None
+        prefixed = self._by_prefix if any(w[:1] in self._by_prefix for w in norms) else None
+        numbers = bool(self._on_number) and any(t.like_num)
+        titles = bool(self._on_title) and any(t.is_title)
+        if not (exact or prefixed or numbers or titles):
+            return frozenset()
+        return frozenset(
+            i
+            for i, (norm, text) in enumerate(zip(t.norms, t.texts, strict=True))
+            if (exact and text in exact)
+            or (prefixed and norm[:1] in prefixed)
+            or (numbers and t.like_num[i])
+            or (titles and t.is_title[i])
+        )
+
+    def _possible_starts(self, t: Tokens, rare: frozenset[int]) -> Iterable[int]:
         """The tokens some rule can start at: most words start none, and are skipped in C."""
-        if self._anywhere or self._by_exact or self._by_prefix or self._on_title:
+        if self._anywhere:
             return range(len(t))
         starters = self._starters()
-        if self._on_number:
-            pairs = enumerate(zip(t.norms, t.like_num, strict=True))
-            return [i for i, (word, number) in pairs if number or word in starters]
+        if rare:
+            return [i for i, w in enumerate(t.norms) if w in starters or i in rare]
         return [i for i, w in enumerate(t.norms) if w in starters]
 
     def _starters(self) -> frozenset[str]:

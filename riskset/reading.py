@@ -599,8 +599,10 @@ class FindingBuilder:
         return None
 
     def _finding(self, doc: Doc, m: Mention) -> Finding:
+        # Built from values the reader made itself: no need to validate them again (a
+        # finding per mention, thousands a second).
         if m.start < 0:
-            return Finding(
+            return Finding.model_construct(
                 code=m.code,
                 status=m.status,
                 label=self.kb.label(m.code),
@@ -608,7 +610,7 @@ class FindingBuilder:
                 source="inferred",
             )
         span: Span = doc[m.start : m.end]
-        return Finding(
+        return Finding.model_construct(
             code=m.code,
             status=m.status,
             text=span.text,
