@@ -1242,6 +1242,7 @@ def _warm_up() -> None:
     code_book(load_knowledge())
     for name in ENV.list_templates(extensions=["html"]):
         ENV.get_template(name)
+    reading.keep_loaded()  # all of the above lives as long as the server
 
 
 @asynccontextmanager
