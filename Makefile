@@ -44,9 +44,10 @@ FUZZ_SECONDS ?= 120
 fuzz: $(VENV)/.installed-ops
 	$(BIN)/python tools/fuzz_reader.py -max_total_time=$(FUZZ_SECONDS)
 
-# Known vulnerabilities in the installed dependencies (needs the network to PyPI's advisories).
+# Known vulnerabilities in the installed dependencies (needs the network to PyPI's advisories;
+# --strict: a dependency that could not be checked fails the audit instead of passing it).
 audit: $(VENV)/.installed-ops
-	$(BIN)/pip-audit --skip-editable
+	$(BIN)/pip-audit --skip-editable --strict
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
