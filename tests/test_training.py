@@ -294,6 +294,14 @@ def test_every_case_agrees_with_its_key_or_says_why_not(case_id: str) -> None:
     )
 
 
+@pytest.mark.parametrize("case_id", [c.id for c in load_knowledge().cases if c.key.engine_note])
+def test_a_note_about_the_engine_is_only_kept_while_the_engine_still_differs(case_id: str) -> None:
+    # A trainer reads the note as the truth about the engine: once the reader learns what the
+    # note says it misses, the note must go, or it tells trainers something false.
+    check = check_case(case_id)
+    assert not check.agrees, f"{case_id} now agrees with its key: remove its engine_note"
+
+
 def test_case_check_reports_the_differences() -> None:
     check = check_case(get_case("jessica"))
     assert check.case_id == "jessica"
