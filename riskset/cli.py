@@ -43,13 +43,12 @@ def _import_command(name: str) -> Any:
 
     module, attribute, help_text = LAZY_COMMANDS[name]
     found = getattr(importlib.import_module(module), attribute)
-    if isinstance(found, typer.Typer):
-        holder = typer.Typer()
-        holder.add_typer(found, name=name, help=help_text or None)
-        return typer.main.get_group(holder).commands[name]
     holder = typer.Typer()
-    holder.command(name)(found)
-    holder.command("_")(lambda: None)  # two commands, so Typer makes a group to take it from
+    if isinstance(found, typer.Typer):
+        holder.add_typer(found, name=name, help=help_text or None)
+    else:
+        holder.command(name)(found)
+    holder.command("_")(lambda: None)  # a second command, so Typer makes a group to take it from
     return typer.main.get_group(holder).commands[name]
 
 

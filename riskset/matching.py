@@ -58,12 +58,6 @@ class Tokens:
     def __len__(self) -> int:
         return len(self.norms)
 
-    def ends_clause(self, i: int) -> bool:
-        return self.stops[i]
-
-    def can_skip(self, i: int) -> bool:
-        return self.skippable[i]
-
 
 Test = Callable[[Tokens, int], bool]
 
@@ -268,24 +262,15 @@ def compile_slot(slot: str, norm: Callable[[str], str]) -> Slot:
 
 def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
     """The words ("norm") or exact texts ("text") one of which a required slot's match must
-    start with, if that is known."""
-    if slot.words is not None:
-        return "norm", slot.words
-    kinds: set[str] = set()
-    words: set[str] = set()
-    for tests in slot.choices:
-        first = tests[0] if tests else None
-        if isinstance(first, partial) and first.func is _norm_in:
-            kinds.add("norm")
-            words |= first.args[0]
-        elif isinstance(first, partial) and first.func is _text_is:
-            kinds.add("text")
-            words.add(first.args[0])
-        else:
-            return None
-    if len(kinds) != 1 or not words:
+    start with, when its possible first tokens are only those."""
+    starts = slot.starts
+    if starts.anything or starts.number or starts.title or starts.prefixes:
         return None
-    return kinds.pop(), frozenset(words)
+    if starts.words and not starts.exact:
+        return "norm", starts.words
+    if starts.exact and not starts.words:
+        return "text", starts.exact
+    return None
 
 
 @dataclass
@@ -295,17 +280,12 @@ class _Compiled:
     # When the first slot is one word and the second a plain word list, the word after a
     # start must be in this set: a cheap test that turns most candidates away.
     second: frozenset[str] | None = None
-    # When every slot is a required list of plain words: the lists, for a loop with no calls.
-    plain: tuple[frozenset[str], ...] | None = None
-
     # Word lists (and exact texts) of which the text must hold at least one each for a match
     # to be possible: a set test per document turns away most patterns before any matching.
     needs: tuple[frozenset[str], ...] = ()
     needs_text: tuple[frozenset[str], ...] = ()
 
     def __post_init__(self) -> None:
-        if all(s.words is not None and not s.optional for s in self.slots):
-            self.plain = tuple(s.words for s in self.slots if s.words is not None)
         anchors = [_anchor(slot) for slot in self.slots if not slot.optional and not slot.gap]
         self.needs = tuple(sorted((a[1] for a in anchors if a and a[0] == "norm"), key=len))
         self.needs_text = tuple(a[1] for a in anchors if a and a[0] == "text")
@@ -320,13 +300,6 @@ class _Compiled:
         """The end of the longest match starting at start, or -1."""
         norms = t.norms
         n = len(norms)
-        if self.plain is not None:
-            end = start
-            for words in self.plain:
-                if end >= n or norms[end] not in words:
-                    return -1
-                end += 1
-            return end
         frontier = {start}
         for slot in self.slots:
             reached: set[int] = set(frontier) if slot.optional else set()

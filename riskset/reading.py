@@ -664,7 +664,7 @@ def read(text: str) -> Reading:
     """
     from .assessment import check_text
 
-    if text == "" or (isinstance(text, str) and not text.strip()):
+    if isinstance(text, str) and not text.strip():
         return Reading()  # nothing to read is a valid, empty reading
     return load()(check_text(text))._.riskset_reading  # type: ignore[no-any-return]
 
