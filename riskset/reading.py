@@ -639,9 +639,18 @@ def load() -> Language:
     """The reading pipeline, assembled once per process."""
     import spacy
 
-    nlp = spacy.blank("en")
-    for name in PIPELINE:
-        nlp.add_pipe(name)
+    # Building makes a few hundred thousand objects that all live as long as the process
+    # (spaCy's tokenizer, the knowledge base, the compiled rules): collections during the
+    # build would walk them again and again and free nothing.
+    was_collecting = gc.isenabled()
+    gc.disable()
+    try:
+        nlp = spacy.blank("en")
+        for name in PIPELINE:
+            nlp.add_pipe(name)
+    finally:
+        if was_collecting:
+            gc.enable()
     return nlp
 
 
