@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from typing import Any
 
 NEGATIONS = frozenset({"not", "no", "never", "nobody", "nothing", "none", "without"})
@@ -42,6 +42,9 @@ class Tokens:
     texts: Sequence[str]
     like_num: Sequence[bool]
     is_title: Sequence[bool]
+    # The text and each token's first character in it: the reader's, for evidence spans.
+    text: str = ""
+    offsets: Sequence[int] = ()
     # Worked out once per document, since every rule set asks them at every gap.
     stops: Sequence[bool] = field(init=False, repr=False)
     skippable: Sequence[bool] = field(init=False, repr=False)
@@ -57,6 +60,27 @@ class Tokens:
 
     def __len__(self) -> int:
         return len(self.norms)
+
+    # What the whole text holds, asked by each rule set before it matches anything.
+    @cached_property
+    def norm_set(self) -> frozenset[str]:
+        return frozenset(self.norms)
+
+    @cached_property
+    def text_set(self) -> frozenset[str]:
+        return frozenset(self.texts)
+
+    @cached_property
+    def initials(self) -> frozenset[str]:
+        return frozenset(norm[:1] for norm in self.norms)
+
+    @cached_property
+    def has_number(self) -> bool:
+        return any(self.like_num)
+
+    @cached_property
+    def has_title(self) -> bool:
+        return any(self.is_title)
 
 
 Test = Callable[[Tokens, int], bool]
@@ -399,8 +423,11 @@ class RuleSet:
         norms = t.norms
         n = len(norms)
         trie, by_first, anywhere = self._trie, self._by_first, self._anywhere
-        present, present_text = frozenset(norms), frozenset(t.texts)
-        rare = self._rare_starts(t, present, present_text)
+        present, present_text = t.norm_set, t.text_set
+        # Whether each pattern's indispensable words are in the text: asked once per pattern,
+        # though a pattern may be a candidate at many starts.
+        possible: dict[int, bool] = {}
+        rare = self._rare_starts(t)
         for start in self._possible_starts(t, rare):
             norm = norms[start]
             if norm in trie:
@@ -414,7 +441,10 @@ class RuleSet:
             for compiled in candidates:
                 if compiled.second is not None and following not in compiled.second:
                     continue
-                if not _may_match(compiled, present, present_text):
+                ok = possible.get(id(compiled))
+                if ok is None:
+                    ok = possible[id(compiled)] = _may_match(compiled, present, present_text)
+                if not ok:
                     continue
                 end = compiled.longest(t, start)
                 if end > start:
@@ -422,15 +452,13 @@ class RuleSet:
                     found[key] = max(found.get(key, 0), end)
         return [(key, start, end) for (key, start), end in found.items()]
 
-    def _rare_starts(
-        self, t: Tokens, norms: frozenset[str], texts: frozenset[str]
-    ) -> frozenset[int]:
+    def _rare_starts(self, t: Tokens) -> frozenset[int]:
         """Where a pattern that starts with an exact text, a prefix, a number or a capital may
         start; most texts hold none of these, which a set test on the whole text tells."""
-        exact = self._by_exact if not texts.isdisjoint(self._by_exact) else None
-        prefixed = self._by_prefix if any(w[:1] in self._by_prefix for w in norms) else None
-        numbers = bool(self._on_number) and any(t.like_num)
-        titles = bool(self._on_title) and any(t.is_title)
+        exact = self._by_exact if not t.text_set.isdisjoint(self._by_exact) else None
+        prefixed = self._by_prefix if not t.initials.isdisjoint(self._by_prefix) else None
+        numbers = bool(self._on_number) and t.has_number
+        titles = bool(self._on_title) and t.has_title
         if not (exact or prefixed or numbers or titles):
             return frozenset()
         return frozenset(

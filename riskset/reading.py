@@ -173,10 +173,10 @@ def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
 # The pipeline components
 
 try:  # spaCy is imported lazily by load(); the factories are registered on first use.
-    from spacy.attrs import NORM, ORTH
+    from spacy.attrs import IDX, NORM, ORTH
     from spacy.language import Language
     from spacy.lexeme import Lexeme
-    from spacy.tokens import Doc, Span
+    from spacy.tokens import Doc
 except ImportError as err:  # pragma: no cover - spaCy is a hard dependency
     raise ImportError("riskset needs spaCy: pip install riskset") from err
 
@@ -211,7 +211,7 @@ def make_normalizer(nlp: Language, name: str) -> Normalizer:
     return cached("normalizer", Normalizer)
 
 
-_TOKEN_ATTRS = [ORTH, NORM]
+_TOKEN_ATTRS = [ORTH, NORM, IDX]
 
 
 class Normalizer:
@@ -231,7 +231,8 @@ class Normalizer:
         cache_ = self._cache
         strings = doc.vocab.strings
         entries = []
-        for key in map(tuple, doc.to_array(_TOKEN_ATTRS).tolist()):
+        columns = doc.to_array(_TOKEN_ATTRS)
+        for key in map(tuple, columns[:, :2].tolist()):
             entry = cache_.get(key)
             if entry is None:
                 entry = self._entry(doc.vocab[key[0]], strings[key[1]])
@@ -242,13 +243,21 @@ class Normalizer:
             doc._.riskset_tokens = Tokens([], [], [], [])
             return doc
         norms, texts, like_num, is_title = (list(column) for column in zip(*entries, strict=True))
-        doc._.riskset_tokens = Tokens(norms, texts, like_num, is_title)
+        offsets = columns[:, 2].tolist()
+        # (Doc.text joins every token's text again each time it is asked: ask it once.)
+        doc._.riskset_tokens = Tokens(norms, texts, like_num, is_title, doc.text, offsets)
         return doc
 
     def _entry(self, lexeme: Lexeme, spacy_norm: str) -> tuple[str, str, bool, bool]:
         text = lexeme.orth_
         norm = normalise_word(spacy_norm if spacy_norm != text.lower() else text, self.known)
         return norm, text, lexeme.like_num, lexeme.is_title
+
+
+def char_span(t: Tokens, start: int, end: int) -> tuple[int, int]:
+    """The characters tokens start..end cover in the text (what ``doc[start:end]`` would give,
+    without building a Span: thousands of evidence spans a second)."""
+    return t.offsets[start], t.offsets[end - 1] + len(t.texts[end - 1])
 
 
 @Language.factory("riskset_targets")
@@ -460,7 +469,7 @@ class ContextReader:
             if any(i in pseudo or (i, kind) in taken for i in span):
                 continue
             taken.update((i, kind) for i in span)
-            cue = doc[start:end].text
+            cue = t.text[slice(*char_span(t, start, end))]
             here = clause[start]
             if trigger.direction in ("forward", "both"):
                 if trigger.category == "other":
@@ -536,6 +545,7 @@ class FindingBuilder:
 
     def __call__(self, doc: Doc) -> Doc:
         mentions: list[Mention] = doc._.riskset_mentions or []
+        tokens: Tokens = doc._.riskset_tokens
         reading = Reading()
         mine = [m for m in mentions if not m.other]
         chosen = self._one_per_code_and_status(mine)
@@ -544,14 +554,14 @@ class FindingBuilder:
         for mention in [*chosen, *derived]:
             if mention.code in self.internal:
                 continue
-            finding = self._finding(doc, mention)
+            finding = self._finding(tokens, mention)
             if finding.frame == "sign":
                 reading.signs.append(finding)
             else:
                 reading.findings.append(finding)
         for mention in self._one_per_code_and_status([m for m in mentions if m.other]):
             if mention.code not in self.internal:
-                reading.about_others.append(self._finding(doc, mention))
+                reading.about_others.append(self._finding(tokens, mention))
         for found in (reading.findings, reading.about_others):
             found.sort(key=lambda f: (f.start if f.start is not None else -1, f.code))
         doc._.riskset_reading = reading
@@ -599,7 +609,7 @@ class FindingBuilder:
                     return m
         return None
 
-    def _finding(self, doc: Doc, m: Mention) -> Finding:
+    def _finding(self, t: Tokens, m: Mention) -> Finding:
         # Built from values the reader made itself: no need to validate them again (a
         # finding per mention, thousands a second).
         if m.start < 0:
@@ -610,13 +620,13 @@ class FindingBuilder:
                 frame=self.kb.frame(m.code),
                 source="inferred",
             )
-        span: Span = doc[m.start : m.end]
+        start, end = char_span(t, m.start, m.end)
         return Finding.model_construct(
             code=m.code,
             status=m.status,
-            text=span.text,
-            start=span.start_char,
-            end=span.end_char,
+            text=t.text[start:end],
+            start=start,
+            end=end,
             cue=m.cue,
             label=self.kb.label(m.code),
             frame=self.kb.frame(m.code),
