@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import partial
 from typing import Any
 
 NEGATIONS = frozenset({"not", "no", "never", "nobody", "nothing", "none", "without"})
@@ -42,12 +42,19 @@ class Tokens:
     texts: Sequence[str]
     like_num: Sequence[bool]
     is_title: Sequence[bool]
-    # The text and each token's first character in it: the reader's, for evidence spans.
-    text: str = ""
+    # Where each token starts in the text, and whether a space follows it: the reader's, to
+    # quote a span's words without building spaCy Spans.
     offsets: Sequence[int] = ()
+    spaces: Sequence[bool] = ()
     # Worked out once per document, since every rule set asks them at every gap.
     stops: Sequence[bool] = field(init=False, repr=False)
     skippable: Sequence[bool] = field(init=False, repr=False)
+    # What the whole text holds, which each rule set asks before it matches anything.
+    norm_set: frozenset[str] = field(init=False, repr=False)
+    text_set: frozenset[str] = field(init=False, repr=False)
+    initials: frozenset[str] = field(init=False, repr=False)
+    has_number: bool = field(init=False, repr=False)
+    has_title: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         stops = [n in CLAUSE_ENDS or "\n" in t for n, t in zip(self.norms, self.texts, strict=True)]
@@ -55,32 +62,29 @@ class Tokens:
         # stay visible to the reader ("won't do anything tonight").
         pairs = zip(stops, self.norms, strict=True)
         skippable = [not stop and norm not in NEGATIONS for stop, norm in pairs]
-        object.__setattr__(self, "stops", stops)
-        object.__setattr__(self, "skippable", skippable)
+        # (Set here, not as cached properties: a new Tokens per text, and a cached property's
+        # first read takes a lock on Python 3.11.)
+        facts = {
+            "stops": stops,
+            "skippable": skippable,
+            "norm_set": frozenset(self.norms),
+            "text_set": frozenset(self.texts),
+            "initials": frozenset(norm[:1] for norm in self.norms),
+            "has_number": any(self.like_num),
+            "has_title": any(self.is_title),
+        }
+        for name, value in facts.items():
+            object.__setattr__(self, name, value)
+
+    def quote(self, start: int, end: int) -> tuple[str, int, int]:
+        """The words of tokens start..end as they are in the text, and their character span."""
+        texts, spaces = self.texts, self.spaces
+        words = "".join(texts[i] + " " * spaces[i] for i in range(start, end - 1)) + texts[end - 1]
+        first = self.offsets[start]
+        return words, first, first + len(words)
 
     def __len__(self) -> int:
         return len(self.norms)
-
-    # What the whole text holds, asked by each rule set before it matches anything.
-    @cached_property
-    def norm_set(self) -> frozenset[str]:
-        return frozenset(self.norms)
-
-    @cached_property
-    def text_set(self) -> frozenset[str]:
-        return frozenset(self.texts)
-
-    @cached_property
-    def initials(self) -> frozenset[str]:
-        return frozenset(norm[:1] for norm in self.norms)
-
-    @cached_property
-    def has_number(self) -> bool:
-        return any(self.like_num)
-
-    @cached_property
-    def has_title(self) -> bool:
-        return any(self.is_title)
 
 
 Test = Callable[[Tokens, int], bool]

@@ -29,7 +29,7 @@ def make_plan(
         for trigger in fired:
             because += codes_behind(trigger.when.matched(facts), findings, kb)
         items.append(
-            PlanItem.model_construct(
+            PlanItem(
                 strategy=strategy.id,
                 label=strategy.label,
                 says=strategy.says,

@@ -173,7 +173,7 @@ def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
 # The pipeline components
 
 try:  # spaCy is imported lazily by load(); the factories are registered on first use.
-    from spacy.attrs import IDX, NORM, ORTH
+    from spacy.attrs import IDX, NORM, ORTH, SPACY
     from spacy.language import Language
     from spacy.lexeme import Lexeme
     from spacy.tokens import Doc
@@ -211,7 +211,7 @@ def make_normalizer(nlp: Language, name: str) -> Normalizer:
     return cached("normalizer", Normalizer)
 
 
-_TOKEN_ATTRS = [ORTH, NORM, IDX]
+_TOKEN_ATTRS = [ORTH, NORM, IDX, SPACY]
 
 
 class Normalizer:
@@ -243,21 +243,14 @@ class Normalizer:
             doc._.riskset_tokens = Tokens([], [], [], [])
             return doc
         norms, texts, like_num, is_title = (list(column) for column in zip(*entries, strict=True))
-        offsets = columns[:, 2].tolist()
-        # (Doc.text joins every token's text again each time it is asked: ask it once.)
-        doc._.riskset_tokens = Tokens(norms, texts, like_num, is_title, doc.text, offsets)
+        offsets, spaces = columns[:, 2].tolist(), columns[:, 3].tolist()
+        doc._.riskset_tokens = Tokens(norms, texts, like_num, is_title, offsets, spaces)
         return doc
 
     def _entry(self, lexeme: Lexeme, spacy_norm: str) -> tuple[str, str, bool, bool]:
         text = lexeme.orth_
         norm = normalise_word(spacy_norm if spacy_norm != text.lower() else text, self.known)
         return norm, text, lexeme.like_num, lexeme.is_title
-
-
-def char_span(t: Tokens, start: int, end: int) -> tuple[int, int]:
-    """The characters tokens start..end cover in the text (what ``doc[start:end]`` would give,
-    without building a Span: thousands of evidence spans a second)."""
-    return t.offsets[start], t.offsets[end - 1] + len(t.texts[end - 1])
 
 
 @Language.factory("riskset_targets")
@@ -469,7 +462,7 @@ class ContextReader:
             if any(i in pseudo or (i, kind) in taken for i in span):
                 continue
             taken.update((i, kind) for i in span)
-            cue = t.text[slice(*char_span(t, start, end))]
+            cue = t.quote(start, end)[0]
             here = clause[start]
             if trigger.direction in ("forward", "both"):
                 if trigger.category == "other":
@@ -610,21 +603,19 @@ class FindingBuilder:
         return None
 
     def _finding(self, t: Tokens, m: Mention) -> Finding:
-        # Built from values the reader made itself: no need to validate them again (a
-        # finding per mention, thousands a second).
         if m.start < 0:
-            return Finding.model_construct(
+            return Finding(
                 code=m.code,
                 status=m.status,
                 label=self.kb.label(m.code),
                 frame=self.kb.frame(m.code),
                 source="inferred",
             )
-        start, end = char_span(t, m.start, m.end)
-        return Finding.model_construct(
+        text, start, end = t.quote(m.start, m.end)
+        return Finding(
             code=m.code,
             status=m.status,
-            text=t.text[start:end],
+            text=text,
             start=start,
             end=end,
             cue=m.cue,

@@ -1,11 +1,5 @@
 """Risk: from findings to the facts rules are written over, then the overdose risk, the drug
-combinations present, urgent flags and connected harms, each with the findings behind it.
-
-The models here are built with ``model_construct``: every value comes from the validated
-knowledge base or from findings the reader made, and validating them again for every narrative
-cost a tenth of the engine's time. Lists taken from the knowledge base are copied, so nothing
-a caller does to an assessment can reach the shared knowledge base.
-"""
+combinations present, urgent flags and connected harms, each with the findings behind it."""
 
 from __future__ import annotations
 
@@ -191,7 +185,7 @@ def overdose_risk(
             continue
         because, evidence = grounds(factor.when, facts, every, kb)
         reasons.append(
-            RiskReason.model_construct(
+            RiskReason(
                 factor=factor.id,
                 says=factor.says,
                 weight=factor.weight,
@@ -210,7 +204,7 @@ def overdose_risk(
             level = floor.level
             because, evidence = grounds(floor.when, facts, every, kb)
             reasons.append(
-                RiskReason.model_construct(
+                RiskReason(
                     factor=f"floor_{floor.level.value}",
                     says=floor.why,
                     weight=0,
@@ -220,7 +214,7 @@ def overdose_risk(
                 )
             )
     reasons.sort(key=lambda r: -r.weight)
-    return OverdoseRisk.model_construct(level=level, score=score, reasons=reasons)
+    return OverdoseRisk(level=level, score=score, reasons=reasons)
 
 
 def urgent_flags(
@@ -232,10 +226,10 @@ def urgent_flags(
         if urgent.when.holds(facts):
             because, evidence = grounds(urgent.when, facts, every, kb)
             flags.append(
-                UrgentFlag.model_construct(
+                UrgentFlag(
                     id=urgent.id,
                     title=urgent.title,
-                    what_to_do=list(urgent.what_to_do),
+                    what_to_do=urgent.what_to_do,
                     because=because,
                     evidence=evidence,
                     source=urgent.source,
@@ -248,7 +242,7 @@ def connected_harms(
     facts: set[str], findings: list[Finding], kb: KnowledgeBase
 ) -> list[ConnectedHarm]:
     return [
-        ConnectedHarm.model_construct(
+        ConnectedHarm(
             id=h.id,
             label=h.label,
             why=h.why,
