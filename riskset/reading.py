@@ -86,6 +86,9 @@ class Trigger(_Strict):
     comma_ends: bool = Field(
         False, description="a comma ends the scope unless a list goes on (heroin, meth, ...)"
     )
+    only: list[str] = Field(
+        default_factory=list, description="the codes this trigger can reach (empty: every code)"
+    )
 
 
 class Derivation(_Strict):
@@ -351,6 +354,7 @@ class _Scope:
     end: int
     cue: str
     trigger: tuple[int, int]
+    only: frozenset[str] = frozenset()
 
 
 SENTENCE_ENDS = frozenset({".", "!", "?", ";", "...", "…"})
@@ -367,11 +371,13 @@ class ContextReader:
         self.triggers: dict[str, Trigger] = {}
         self.stop_words: dict[str, set[str]] = {}
         self.from_words: dict[str, set[str]] = {}
+        self.only: dict[str, frozenset[str]] = {}
         for i, trigger in enumerate(context.triggers):
             key = f"trigger{i}"
             self.triggers[key] = trigger
             self.stop_words[key] = {fold(w) for w in trigger.stop_at}
             self.from_words[key] = {fold(w) for w in trigger.from_words}
+            self.only[key] = frozenset(trigger.only)
             self.matcher.add(key, trigger.patterns)
         self.matcher.add("pseudo", context.pseudo)
         self.terminators = {normalise_word(w) for w in context.terminators}
@@ -477,7 +483,7 @@ class ContextReader:
                     and not (trigger.comma_ends and t.norms[stop] == "," and stop - 1 not in ends)
                 ):
                     stop += 1
-                yield _Scope(trigger.category, end, stop, cue, (start, end))
+                yield _Scope(trigger.category, end, stop, cue, (start, end), self.only[key])
             if trigger.direction in ("backward", "both"):
                 begin = start
                 while begin > 0 and begin > start - trigger.window and clause[begin - 1] == here:
@@ -489,7 +495,7 @@ class ContextReader:
                     if not asked:
                         continue
                     begin = asked[-1]
-                yield _Scope(trigger.category, begin, start, cue, (start, end))
+                yield _Scope(trigger.category, begin, start, cue, (start, end), self.only[key])
 
     def assign(self, mention: Mention, scopes: list[_Scope]) -> None:
         immune = self.immune.get(mention.code, set()) | mention.immune
@@ -497,6 +503,7 @@ class ContextReader:
             s
             for s in scopes
             if s.category not in immune
+            and (not s.only or mention.code in s.only)
             and (
                 s.start <= mention.start < s.end
                 # "used to use with her": a past-tense trigger inside the mention marks it
