@@ -164,6 +164,37 @@ def split_clitic(word: str) -> list[str]:
     return [word]
 
 
+_WORD = re.compile(r"[^\s|()]+")
+
+
+def retokenise(pattern: str, split: Callable[[str], list[str] | None]) -> str:
+    """The pattern with each word written as the tokenizer reads it in a text.
+
+    The tokenizer reads "gonna" as "gon" + "na" (normalised "going to"), "w/d" as three tokens
+    and "co-worker" as three: a rule word it would split could never match. ``split`` gives a
+    word's tokens' normalised forms, or None when the word stays one token.
+    """
+
+    def rewrite(match: re.Match[str]) -> str:
+        word = match.group()
+        optional = word.endswith("?") and len(word) > 1
+        bare = word[:-1] if optional else word
+        if not is_plain(bare):
+            return word
+        parts = split(bare)
+        if parts is None:
+            return word
+        inside = pattern.count("(", 0, match.start()) > pattern.count(")", 0, match.start())
+        phrase = " ".join(parts)
+        # In a phrase the tokens simply follow on; as one of a slot's choices they need
+        # parentheses to stay one choice.
+        if inside and not optional:
+            return phrase
+        return f"({phrase})" + ("?" if optional else "")
+
+    return _WORD.sub(rewrite, pattern)
+
+
 def is_plain(word: str) -> bool:
     special = word.startswith(("=", "#", "..", "\\", "/")) or word in ("*", "Title")
     return not (special or word.endswith("*"))

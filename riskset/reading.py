@@ -19,7 +19,7 @@ import gc
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from typing import Literal
@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .knowledge import Condition, KnowledgeBase, KnowledgeError, load_yaml
 from .knowledge import load as load_knowledge
-from .matching import RuleSet, Tokens
+from .matching import RuleSet, Tokens, retokenise
 from .models import Finding, Status
 from .snapshot import cached
 
@@ -261,11 +261,26 @@ def make_targets(nlp: Language, name: str) -> TargetMatcher:
     return cached("targets", lambda: TargetMatcher(nlp, load_knowledge()))
 
 
+def as_read(nlp: Language) -> Callable[[Iterable[str]], list[str]]:
+    """Patterns with their words written as the pipeline's tokenizer reads them in a text."""
+
+    @cache
+    def split(word: str) -> list[str] | None:
+        tokens = nlp.tokenizer(word)
+        if len(tokens) < 2:
+            return None
+        # As the normaliser reads a text's tokens: spaCy's norm where it differs ("n't" -> not).
+        return [normalise_word(t.norm_ if t.norm_ != t.lower_ else t.text) for t in tokens]
+
+    return lambda patterns: [retokenise(pattern, split) for pattern in patterns]
+
+
 class TargetMatcher:
     """Finds every mention: aliases from the knowledge base and the reader's rules."""
 
     def __init__(self, nlp: Language, kb: KnowledgeBase) -> None:
         rules = reader_rules()
+        self.read_as = as_read(nlp)
         self.matcher = RuleSet(normalise_word)
         self.blockers = RuleSet(normalise_word)
         # One matcher key per rule, so a mention knows which rule (and immunity) found it.
@@ -279,13 +294,14 @@ class TargetMatcher:
             self._add(f"{rule.code}#{i}", rule.code, rule.patterns, frozenset(rule.immune))
         for i, blocker in enumerate(rules.blockers):
             key = f"block{i}"
-            self.blockers.add(key, blocker.patterns)
+            self.blockers.add(key, self.read_as(blocker.patterns))
         self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
         self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
+        del self.read_as  # built only; not kept in the start-up snapshot
 
     def _add(self, key: str, code: str, patterns: Iterable[str], immune: frozenset[str]) -> None:
         self.rule_of[key] = (code, immune)
-        self.matcher.add(key, patterns)
+        self.matcher.add(key, self.read_as(patterns))
 
     def __call__(self, doc: Doc) -> Doc:
         tokens: Tokens = doc._.riskset_tokens
@@ -368,6 +384,7 @@ class ContextReader:
         context = reader_rules().context
         self.rules = context
         self.matcher = RuleSet(normalise_word)
+        read_as = as_read(nlp)
         self.triggers: dict[str, Trigger] = {}
         self.stop_words: dict[str, set[str]] = {}
         self.from_words: dict[str, set[str]] = {}
@@ -378,8 +395,8 @@ class ContextReader:
             self.stop_words[key] = {fold(w) for w in trigger.stop_at}
             self.from_words[key] = {fold(w) for w in trigger.from_words}
             self.only[key] = frozenset(trigger.only)
-            self.matcher.add(key, trigger.patterns)
-        self.matcher.add("pseudo", context.pseudo)
+            self.matcher.add(key, read_as(trigger.patterns))
+        self.matcher.add("pseudo", read_as(context.pseudo))
         self.terminators = {normalise_word(w) for w in context.terminators}
         self.subjects = {fold(w) for w in context.subjects}
         self.clause_starters = {normalise_word(w) for w in context.clause_starters}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from riskset.matching import PatternError, RuleSet, Tokens, phrases_of
+from riskset.matching import PatternError, RuleSet, Tokens, phrases_of, retokenise
 
 
 def tokens(text: str) -> Tokens:
@@ -64,3 +64,16 @@ def test_longest_match_per_start() -> None:
 def test_broken_pattern_is_refused() -> None:
     with pytest.raises(PatternError):
         RuleSet(str.lower).add("k", ["(a b"])
+
+
+def test_rule_words_are_rewritten_as_the_tokenizer_reads_them() -> None:
+    split = {"gonna": ["going", "to"], "dont": ["do", "not"], "w/d": ["w", "/", "d"]}.get
+    # As a slot's choice a split word stays one choice; inside a phrase its tokens follow on.
+    assert retokenise("plan|gonna ..2 use", split) == "plan|(going to) ..2 use"
+    assert retokenise("(dont know what|no idea what)", split) == "(do not know what|no idea what)"
+    assert retokenise("w/d? sick", split) == "(w / d)? sick"
+    # Special words are left alone.
+    assert retokenise("=Gonna pre* /gonna/", split) == "=Gonna pre* /gonna/"
+    rules = RuleSet(str.lower)
+    rules.add("wd", [retokenise("bad w/d", split)])
+    assert [key for key, _, _ in rules(tokens("bad w / d today"))] == ["wd"]

@@ -39,6 +39,11 @@ def present(text: str) -> set[str]:
             "substance:benzodiazepines",
             "hypothetical",
         ),
+        # A medicine asked for is not yet taken; one taken every day is.
+        ("came in today asking to start on suboxone", "substance:buprenorphine", "hypothetical"),
+        ("he is scheduled for his first methadone dose monday", "substance:methadone", "hypothetical"),
+        ("on methadone 90mg for three years", "substance:methadone", "present"),
+        ("sober 5 years from alcohol, vapes weed daily", "substance:alcohol", "historical"),
     ],
 )
 def test_status(text: str, code: str, status: str) -> None:
@@ -138,3 +143,54 @@ def test_invisible_characters_pasted_into_a_word_do_not_hide_it(text: str) -> No
 def test_text_no_reader_can_use_is_refused_with_a_reason() -> None:
     with pytest.raises(riskset.InputError, match="not valid Unicode"):
         riskset.read("a\ud800b")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        # Reassurance is not a lack of naloxone.
+        ("dont worry im good i got my narcan", "no_naloxone"),
+        # A syringe to measure a liquid is not injecting.
+        ("she measures her G with a syringe and waits an hour", "route:injection"),
+        # Withdrawal feared is not withdrawal now.
+        ("wants to quit but is terrified of withdrawal", "withdrawal"),
+        # Picking up naloxone is not picking up drugs.
+        ("clean 8 months, stopped by to pick up narcan for his job", "tolerance_loss"),
+        # "ice" is also meth: only ICE in capitals is immigration enforcement.
+        ("been smoking ice since friday", "police_presence"),
+    ],
+)
+def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> None:
+    assert code not in present(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "code"),
+    [
+        ("her naloxone got stolen at the shelter", "no_naloxone"),
+        ("nobody has ever given him naloxone", "no_naloxone"),
+        ("chews his gabbies for nerve pain, snorts a bit of coke on fridays", "route:oral"),
+        ("me n dre gonna split a bag later", "with_others"),
+        ("the guys are all around, they watch out for each other", "with_others"),
+        ("overdosed last winter, revived by a stranger", "prior_overdose"),
+        ("living out of her van since the eviction", "unhoused"),
+        ("says she's gonna go big when her check comes", "intends_to_use"),
+        ("shooting up behind the station, commuters walking past", "bystanders_present"),
+    ],
+)
+def test_ways_people_say_it(text: str, code: str) -> None:
+    assert code in present(text)
+
+
+def test_rule_words_are_read_as_the_tokenizer_splits_them() -> None:
+    # "gonna", "w/d" and "co-worker" are several tokens in a text; a rule written with them
+    # must still match (the rule files hold such words, and more will be added).
+    assert "intends_to_use" in present("gonna use tonight")
+    assert "withdrawal" in present("bad w/d since tuesday")
+    assert "prior_overdose" not in present("my co-worker overdosed on friday")
+
+
+def test_a_trigger_reaches_only_the_codes_it_names() -> None:
+    # "to start" makes a medicine a wish, but a plan "to start using" is still a plan.
+    assert statuses("wants to start using again")["intends_to_use"] == {"present"}
+    assert "hypothetical" in statuses("wants to start bupe")["substance:buprenorphine"]
