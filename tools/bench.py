@@ -22,6 +22,8 @@ SETS = [
     ROOT.parent / "shared" / "data" / "dev-narratives.jsonl",
     ROOT / "tests" / "narratives" / "labelled.jsonl",
     ROOT / "tests" / "narratives" / "heldout.jsonl",
+    ROOT / "tests" / "narratives" / "fresh.jsonl",
+    ROOT / "tests" / "narratives" / "fresh2.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
 
