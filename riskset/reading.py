@@ -358,6 +358,13 @@ def _longest_per_code(mentions: list[Mention]) -> list[Mention]:
     return sorted(kept, key=lambda m: (m.start, m.end))
 
 
+def _within_pseudo(start: int, end: int, pseudo: list[tuple[int, int]]) -> bool:
+    """A trigger that overlaps a pseudo-trigger without covering it is part of a phrase that
+    means something else ("no" in "no longer"); one that covers it is that phrase ("no longer"
+    itself, a historical trigger) and stands."""
+    return any(s < end and start < e and not (start <= s and e <= end) for s, e in pseudo)
+
+
 @Language.factory("riskset_context")
 def make_context(nlp: Language, name: str) -> ContextReader:
     return cached("context", lambda: ContextReader(nlp))
@@ -472,7 +479,7 @@ class ContextReader:
     def scopes(self, doc: Doc, t: Tokens, clause: list[int]) -> Iterator[_Scope]:
         ends = {m.end - 1 for m in doc._.riskset_mentions or []}
         matches = self.matcher(t)
-        pseudo = {i for k, s, e in matches if k == "pseudo" for i in range(s, e)}
+        pseudo = [(s, e) for k, s, e in matches if k == "pseudo"]
         found = [(k, s, e) for k, s, e in matches if k != "pseudo"]
         # Longest trigger first, so "no longer" is not also read as "no".
         found.sort(key=lambda m: (m[1] - m[2], m[1]))
@@ -482,7 +489,7 @@ class ContextReader:
             # A longer trigger of the same kind wins ("no longer" over "no"); kinds don't compete.
             kind = f"{trigger.category}/{trigger.direction}"
             span = range(start, end)
-            if any(i in pseudo or (i, kind) in taken for i in span):
+            if _within_pseudo(start, end, pseudo) or any((i, kind) in taken for i in span):
                 continue
             taken.update((i, kind) for i in span)
             cue = t.quote(start, end)[0]

@@ -44,6 +44,12 @@ def present(text: str) -> set[str]:
         ("he is scheduled for his first methadone dose monday", "substance:methadone", "hypothetical"),
         ("on methadone 90mg for three years", "substance:methadone", "present"),
         ("sober 5 years from alcohol, vapes weed daily", "substance:alcohol", "historical"),
+        # "only" ends a denial; "no longer" is history, though it holds a "no".
+        ("won't shoot it, only smokes it", "route:smoking", "present"),
+        ("no longer injects, snorts now", "route:injection", "historical"),
+        ("got off the needle last spring", "route:injection", "historical"),
+        # "off" reaches the next words only: the sickness after it is now.
+        ("been off the dope 2 days and sick as a dog", "withdrawal", "present"),
     ],
 )
 def test_status(text: str, code: str, status: str) -> None:
@@ -158,6 +164,10 @@ def test_text_no_reader_can_use_is_refused_with_a_reason() -> None:
         ("clean 8 months, stopped by to pick up narcan for his job", "tolerance_loss"),
         # "ice" is also meth: only ICE in capitals is immigration enforcement.
         ("been smoking ice since friday", "police_presence"),
+        # Naloxone given in an overdose is not naloxone the person carries.
+        ("EMS gave him 3 narcan before he came around", "has_naloxone"),
+        ("his sister hit him with narcan twice", "violence_risk"),
+        ("scared of needles so she only smokes it", "route:injection"),
     ],
 )
 def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> None:
