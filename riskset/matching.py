@@ -46,9 +46,10 @@ class Tokens:
     # quote a span's words without building spaCy Spans.
     offsets: Sequence[int] = ()
     spaces: Sequence[bool] = ()
-    # Worked out once per document, since every rule set asks them at every gap.
-    stops: Sequence[bool] = field(init=False, repr=False)
-    skippable: Sequence[bool] = field(init=False, repr=False)
+    # Per token: a clause end, and a word a gap (..N) may pass over. Computed here when not
+    # given; the reader gives them, having worked them out once per distinct word.
+    stops: Sequence[bool] = ()
+    skippable: Sequence[bool] = ()
     # What the whole text holds, which each rule set asks before it matches anything.
     norm_set: frozenset[str] = field(init=False, repr=False)
     text_set: frozenset[str] = field(init=False, repr=False)
@@ -57,22 +58,20 @@ class Tokens:
     has_title: bool = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        stops = [n in CLAUSE_ENDS or "\n" in t for n, t in zip(self.norms, self.texts, strict=True)]
-        # A gap (..N) passes over a word that is not a clause end nor a negation, which must
-        # stay visible to the reader ("won't do anything tonight").
-        pairs = zip(stops, self.norms, strict=True)
-        skippable = [not stop and norm not in NEGATIONS for stop, norm in pairs]
-        # (Set here, not as cached properties: a new Tokens per text, and a cached property's
-        # first read takes a lock on Python 3.11.)
-        facts = {
-            "stops": stops,
-            "skippable": skippable,
-            "norm_set": frozenset(self.norms),
+        norm_set = frozenset(self.norms)
+        facts: dict[str, object] = {
+            "norm_set": norm_set,
             "text_set": frozenset(self.texts),
-            "initials": frozenset(norm[:1] for norm in self.norms),
+            "initials": frozenset(norm[:1] for norm in norm_set),
             "has_number": any(self.like_num),
             "has_title": any(self.is_title),
         }
+        if len(self.stops) != len(self.norms):
+            kinds = [token_kind(n, t) for n, t in zip(self.norms, self.texts, strict=True)]
+            facts["stops"] = [stop for stop, _ in kinds]
+            facts["skippable"] = [skip for _, skip in kinds]
+        # (Set here, not as cached properties: a new Tokens per text, and a cached property's
+        # first read takes a lock on Python 3.11.)
         for name, value in facts.items():
             object.__setattr__(self, name, value)
 
@@ -88,6 +87,13 @@ class Tokens:
 
 
 Test = Callable[[Tokens, int], bool]
+
+
+def token_kind(norm: str, text: str) -> tuple[bool, bool]:
+    """Whether a token ends a clause, and whether a gap (..N) may pass over it: a gap stops at
+    a clause end and at a negation, which must stay visible ("won't do anything tonight")."""
+    stop = norm in CLAUSE_ENDS or "\n" in text
+    return stop, not stop and norm not in NEGATIONS
 
 
 @dataclass(frozen=True)

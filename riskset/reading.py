@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .knowledge import Condition, KnowledgeBase, KnowledgeError, load_yaml
 from .knowledge import load as load_knowledge
-from .matching import RuleSet, Tokens, retokenise
+from .matching import RuleSet, Tokens, retokenise, token_kind
 from .models import Finding, Status
 from .snapshot import cached
 
@@ -176,9 +176,9 @@ def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
 # The pipeline components
 
 try:  # spaCy is imported lazily by load(); the factories are registered on first use.
+    import numpy as np
     from spacy.attrs import IDX, NORM, ORTH, SPACY
     from spacy.language import Language
-    from spacy.lexeme import Lexeme
     from spacy.tokens import Doc
 except ImportError as err:  # pragma: no cover - spaCy is a hard dependency
     raise ImportError("riskset needs spaCy: pip install riskset") from err
@@ -215,6 +215,9 @@ def make_normalizer(nlp: Language, name: str) -> Normalizer:
 
 
 _TOKEN_ATTRS = [ORTH, NORM, IDX, SPACY]
+_PAIR = np.dtype((np.void, 16))  # a token's ORTH and NORM ids (two uint64) as one key
+# A distinct word as the rules see it: norm, text, like_num, is_title, stop, skippable.
+_Entry = tuple[str, str, bool, bool, bool, bool]
 
 
 class Normalizer:
@@ -225,35 +228,42 @@ class Normalizer:
             for pattern in rule.patterns:
                 words.update(fold(w) for w in re.split(r"[\s|]+", pattern))
         self.known = frozenset(words)
-        self._cache: dict[tuple[int, ...], tuple[str, str, bool, bool]] = {}
+        self._cache: dict[bytes, _Entry] = {}
 
     def __call__(self, doc: Doc) -> Doc:
         # Token objects are the pipeline's main cost in Python, so read the tokens as arrays of
         # string ids; a word and spaCy's norm for it (which depends on context: "n't" -> "not")
         # decide everything the rules see, so they key the cache.
         cache_ = self._cache
-        strings = doc.vocab.strings
-        entries = []
         columns = doc.to_array(_TOKEN_ATTRS)
-        for key in map(tuple, columns[:, :2].tolist()):
-            entry = cache_.get(key)
-            if entry is None:
-                entry = self._entry(doc.vocab[key[0]], strings[key[1]])
-                if len(cache_) < 100_000:
-                    cache_[key] = entry
-            entries.append(entry)
-        if not entries:
+        if not len(columns):
             doc._.riskset_tokens = Tokens([], [], [], [])
             return doc
-        norms, texts, like_num, is_title = (list(column) for column in zip(*entries, strict=True))
+        # Each token's (word, norm) pair as one 16-byte key, made in C rather than a tuple a token.
+        pairs = np.ascontiguousarray(columns[:, :2]).view(_PAIR).ravel()
+        keys: list[bytes] = pairs.tolist()  # type: ignore[assignment]  # void items are bytes
+        found = [cache_.get(key) for key in keys]
+        entries: list[_Entry] = []
+        for i, entry in enumerate(found):
+            if entry is None:  # a word not seen before: worked out once, then cached
+                entry = self._entry(doc, int(columns[i, 0]), int(columns[i, 1]))
+                if len(cache_) < 100_000:
+                    cache_[keys[i]] = entry
+            entries.append(entry)
+        norms, texts, like_num, is_title, stops, skippable = zip(*entries, strict=True)
         offsets, spaces = columns[:, 2].tolist(), columns[:, 3].tolist()
-        doc._.riskset_tokens = Tokens(norms, texts, like_num, is_title, offsets, spaces)
+        doc._.riskset_tokens = Tokens(
+            norms, texts, like_num, is_title, offsets, spaces, stops, skippable
+        )
         return doc
 
-    def _entry(self, lexeme: Lexeme, spacy_norm: str) -> tuple[str, str, bool, bool]:
+    def _entry(self, doc: Doc, orth: int, spacy_norm: int) -> _Entry:
+        lexeme = doc.vocab[orth]
         text = lexeme.orth_
-        norm = normalise_word(spacy_norm if spacy_norm != text.lower() else text, self.known)
-        return norm, text, lexeme.like_num, lexeme.is_title
+        spacy_norm_text = doc.vocab.strings[spacy_norm]
+        word = spacy_norm_text if spacy_norm_text != text.lower() else text
+        norm = normalise_word(word, self.known)
+        return (norm, text, lexeme.like_num, lexeme.is_title, *token_kind(norm, text))
 
 
 @Language.factory("riskset_targets")
