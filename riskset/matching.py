@@ -414,10 +414,10 @@ class RuleSet:
     _on_number: list[_Compiled] = field(default_factory=list)
     _on_title: list[_Compiled] = field(default_factory=list)
     _anywhere: list[_Compiled] = field(default_factory=list)
-    _starter_words: frozenset[str] | None = None  # worked out on first use after an add
+    _first: dict[str, tuple[dict[str, Any] | None, list[_Compiled]]] | None = None  # on first use
 
     def add(self, key: str, patterns: Iterable[str]) -> None:
-        self._starter_words = None
+        self._first = None
         for pattern in patterns:
             phrases = phrases_of(pattern, self.norm)
             if phrases is not None:
@@ -463,17 +463,32 @@ class RuleSet:
         found: dict[tuple[str, int], int] = {}
         norms = t.norms
         n = len(norms)
-        trie, by_first, anywhere = self._trie, self._by_first, self._anywhere
+        first, anywhere = self._first_words(), self._anywhere
         present, present_text = t.norm_set, t.text_set
         # Whether each pattern's indispensable words are in the text: asked once per pattern,
         # though a pattern may be a candidate at many starts.
         possible: dict[int, bool] = {}
         rare = self._rare_starts(t)
-        for start in self._possible_starts(t, rare):
-            norm = norms[start]
-            if norm in trie:
-                self._walk_trie(t, start, found)
-            candidates = by_first.get(norm, [])
+        for start, norm in enumerate(norms):
+            # Most words start no rule: one dict lookup turns them away.
+            entry = first.get(norm)
+            if entry is None:
+                if not anywhere and start not in rare:
+                    continue
+                entry = (None, [])
+            node, candidates = entry
+            if node is not None:  # the plain phrases starting here, along the trie
+                end = start + 1
+                while True:
+                    for key in node.get(KEYS, ()):
+                        if found.get((key, start), 0) < end:
+                            found[(key, start)] = end
+                    if end >= n:
+                        break
+                    node = node.get(norms[end])
+                    if node is None:
+                        break
+                    end += 1
             if start in rare:
                 candidates = candidates + self._rarer_candidates(t, start)
             if anywhere:
@@ -493,6 +508,13 @@ class RuleSet:
                     found[key] = max(found.get(key, 0), end)
         return [(key, start, end) for (key, start), end in found.items()]
 
+    def _first_words(self) -> dict[str, tuple[dict[str, Any] | None, list[_Compiled]]]:
+        """Per word a rule can start with: its trie node, and the other patterns it may start."""
+        if self._first is None:
+            words = set(self._trie) | set(self._by_first)
+            self._first = {w: (self._trie.get(w), self._by_first.get(w, [])) for w in words}
+        return self._first
+
     def _rare_starts(self, t: Tokens) -> frozenset[int]:
         """Where a pattern that starts with an exact text, a prefix, a number or a capital may
         start; most texts hold none of these, which a set test on the whole text tells."""
@@ -511,20 +533,6 @@ class RuleSet:
             or (titles and t.is_title[i])
         )
 
-    def _possible_starts(self, t: Tokens, rare: frozenset[int]) -> Iterable[int]:
-        """The tokens some rule can start at: most words start none, and are skipped in C."""
-        if self._anywhere:
-            return range(len(t))
-        starters = self._starters()
-        if rare:
-            return [i for i, w in enumerate(t.norms) if w in starters or i in rare]
-        return [i for i, w in enumerate(t.norms) if w in starters]
-
-    def _starters(self) -> frozenset[str]:
-        if self._starter_words is None:
-            self._starter_words = frozenset(self._trie) | frozenset(self._by_first)
-        return self._starter_words
-
     def _rarer_candidates(self, t: Tokens, start: int) -> list[_Compiled]:
         candidates = list(self._by_exact.get(t.texts[start], []))
         norm = t.norms[start]
@@ -537,16 +545,3 @@ class RuleSet:
         if t.is_title[start]:
             candidates += self._on_title
         return candidates
-
-    def _walk_trie(self, t: Tokens, start: int, found: dict[tuple[str, int], int]) -> None:
-        node: dict[str, Any] | None = self._trie
-        norms = t.norms
-        n = len(norms)
-        i = start
-        while i < n and node is not None:
-            node = node.get(norms[i])
-            if node is None:
-                return
-            i += 1
-            for key in node.get(KEYS, ()):
-                found[(key, start)] = max(found.get((key, start), 0), i)
