@@ -24,6 +24,7 @@ SETS = [
     ROOT / "tests" / "narratives" / "heldout.jsonl",
     ROOT / "tests" / "narratives" / "fresh.jsonl",
     ROOT / "tests" / "narratives" / "fresh2.jsonl",
+    ROOT / "tests" / "narratives" / "fresh3.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
 
