@@ -41,7 +41,7 @@ def present(text: str) -> set[str]:
         ),
         # A medicine asked for is not yet taken; one taken every day is.
         ("came in today asking to start on suboxone", "substance:buprenorphine", "hypothetical"),
-        ("he is scheduled for his first methadone dose monday", "substance:methadone", "hypothetical"),
+        ("scheduled for his first methadone dose monday", "substance:methadone", "hypothetical"),
         ("on methadone 90mg for three years", "substance:methadone", "present"),
         ("sober 5 years from alcohol, vapes weed daily", "substance:alcohol", "historical"),
         # "only" ends a denial; "no longer" is history, though it holds a "no".
