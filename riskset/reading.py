@@ -260,10 +260,14 @@ class Normalizer:
     def _entry(self, doc: Doc, orth: int, spacy_norm: int) -> _Entry:
         lexeme = doc.vocab[orth]
         text = lexeme.orth_
-        spacy_norm_text = doc.vocab.strings[spacy_norm]
-        word = spacy_norm_text if spacy_norm_text != text.lower() else text
-        norm = normalise_word(word, self.known)
+        norm = rule_word(text, doc.vocab.strings[spacy_norm], self.known)
         return (norm, text, lexeme.like_num, lexeme.is_title, *token_kind(norm, text))
+
+
+def rule_word(text: str, spacy_norm: str, known: frozenset[str] = frozenset()) -> str:
+    """A token as the rules see it: spaCy's norm where it says more than the lower-cased word
+    ("n't" -> "not", which depends on context), then riskset's own spelling."""
+    return normalise_word(spacy_norm if spacy_norm != text.lower() else text, known)
 
 
 @Language.factory("riskset_targets")
@@ -279,8 +283,7 @@ def as_read(nlp: Language) -> Callable[[Iterable[str]], list[str]]:
         tokens = nlp.tokenizer(word)
         if len(tokens) < 2:
             return None
-        # As the normaliser reads a text's tokens: spaCy's norm where it differs ("n't" -> not).
-        return [normalise_word(t.norm_ if t.norm_ != t.lower_ else t.text) for t in tokens]
+        return [rule_word(t.text, t.norm_) for t in tokens]
 
     return lambda patterns: [retokenise(pattern, split) for pattern in patterns]
 
@@ -290,28 +293,27 @@ class TargetMatcher:
 
     def __init__(self, nlp: Language, kb: KnowledgeBase) -> None:
         rules = reader_rules()
-        self.read_as = as_read(nlp)
+        read_as = as_read(nlp)
         self.matcher = RuleSet(normalise_word)
         self.blockers = RuleSet(normalise_word)
         # One matcher key per rule, so a mention knows which rule (and immunity) found it.
         self.rule_of: dict[str, tuple[str, frozenset[str]]] = {}
         for substance in kb.substances.values():
-            self._add(substance.code, substance.code, [*substance.aliases], frozenset())
+            self._add(substance.code, substance.code, read_as(substance.aliases), frozenset())
             self.matcher.add(
                 substance.code, [f"={alias}" for alias in substance.case_sensitive_aliases]
             )
         for i, rule in enumerate(rules.rules):
-            self._add(f"{rule.code}#{i}", rule.code, rule.patterns, frozenset(rule.immune))
+            self._add(f"{rule.code}#{i}", rule.code, read_as(rule.patterns), frozenset(rule.immune))
         for i, blocker in enumerate(rules.blockers):
             key = f"block{i}"
-            self.blockers.add(key, self.read_as(blocker.patterns))
+            self.blockers.add(key, read_as(blocker.patterns))
         self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
         self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
-        del self.read_as  # built only; not kept in the start-up snapshot
 
     def _add(self, key: str, code: str, patterns: Iterable[str], immune: frozenset[str]) -> None:
         self.rule_of[key] = (code, immune)
-        self.matcher.add(key, self.read_as(patterns))
+        self.matcher.add(key, patterns)
 
     def __call__(self, doc: Doc) -> Doc:
         tokens: Tokens = doc._.riskset_tokens
