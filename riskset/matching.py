@@ -50,6 +50,9 @@ class Tokens:
     # given; the reader gives them, having worked them out once per distinct word.
     stops: Sequence[bool] = ()
     skippable: Sequence[bool] = ()
+    # The text the tokens came from, when they do not cover all of it (the reader leaves out
+    # quote marks): quotes are cut from it.
+    text: str = ""
     # What the whole text holds, which each rule set asks before it matches anything.
     norm_set: frozenset[str] = field(init=False, repr=False)
     text_set: frozenset[str] = field(init=False, repr=False)
@@ -77,9 +80,12 @@ class Tokens:
 
     def quote(self, start: int, end: int) -> tuple[str, int, int]:
         """The words of tokens start..end as they are in the text, and their character span."""
+        first = self.offsets[start]
+        if self.text:
+            last = self.offsets[end - 1] + len(self.texts[end - 1])
+            return self.text[first:last], first, last
         texts, spaces = self.texts, self.spaces
         words = "".join(texts[i] + " " * spaces[i] for i in range(start, end - 1)) + texts[end - 1]
-        first = self.offsets[start]
         return words, first, first + len(words)
 
     def __len__(self) -> int:
@@ -171,6 +177,7 @@ def split_clitic(word: str) -> list[str]:
 
 
 _WORD = re.compile(r"[^\s|()]+")
+_REGEX_SLOT = re.compile(r"(?<!\S)/\S+/\??(?!\S)")
 
 
 def retokenise(pattern: str, split: Callable[[str], list[str] | None]) -> str:
@@ -181,8 +188,13 @@ def retokenise(pattern: str, split: Callable[[str], list[str] | None]) -> str:
     word's tokens' normalised forms, or None when the word stays one token.
     """
 
+    # A /regex/ is left as written: its | and ( ) are the regex's own.
+    regexes = [m.span() for m in _REGEX_SLOT.finditer(pattern)]
+
     def rewrite(match: re.Match[str]) -> str:
         word = match.group()
+        if any(start <= match.start() < end for start, end in regexes):
+            return word
         optional = word.endswith("?") and len(word) > 1
         bare = word[:-1] if optional else word
         if not is_plain(bare):

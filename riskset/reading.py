@@ -22,6 +22,7 @@ import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
+from operator import itemgetter
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -70,6 +71,10 @@ class Blocker(_Strict):
 
     patterns: list[str]
     blocks: list[str]
+    unless: list[str] = Field(
+        default_factory=list,
+        description="longer phrases in which the blocker's words keep their meaning",
+    )
 
 
 class Trigger(_Strict):
@@ -144,6 +149,10 @@ def reader_rules() -> ReaderRules:
 # Normalising what people type
 
 _STRETCH = re.compile(r"(\w)\1{2,}")
+QUOTE_MARKS = frozenset({"'", '"', "`", "''", "``", "\u201c", "\u201d", "\u00ab", "\u00bb"})
+# An emoji that no rule names ends a sentence, as it does in a text
+# message ("cant even stand 🤮🤮 sleepin in the truck").
+EMOJI_WORD = "\u2026"
 
 
 def fold(word: str) -> str:
@@ -170,6 +179,13 @@ def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
         single = _STRETCH.sub(r"\1", word)
         word = single if single in known and double not in known else double
     return reader_rules().spelling.get(word, word)
+
+
+def _is_emoji(word: str) -> bool:
+    # (Skin tones are modifier symbols, and U+FE0F asks for emoji presentation.)
+    return any(unicodedata.category(c) == "So" for c in word) and all(
+        unicodedata.category(c) in ("So", "Sk", "Mn") for c in word
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,6 +234,7 @@ _TOKEN_ATTRS = [ORTH, NORM, IDX, SPACY]
 _PAIR = np.dtype((np.void, 16))  # a token's ORTH and NORM ids (two uint64) as one key
 # A distinct word as the rules see it: norm, text, like_num, is_title, stop, skippable.
 _Entry = tuple[str, str, bool, bool, bool, bool]
+_NORM_OF = itemgetter(0)
 
 
 class Normalizer:
@@ -250,10 +267,20 @@ class Normalizer:
                 if len(cache_) < 100_000:
                     cache_[keys[i]] = entry
             entries.append(entry)
-        norms, texts, like_num, is_title, stops, skippable = zip(*entries, strict=True)
         offsets, spaces = columns[:, 2].tolist(), columns[:, 3].tolist()
+        if not QUOTE_MARKS.isdisjoint(map(_NORM_OF, entries)):
+            # Quote marks say nothing to the rules and would come between words they match
+            # ("fent + 'bars' daily"), so they are left out; spans are then cut from the text.
+            kept = [i for i, entry in enumerate(entries) if entry[0] not in QUOTE_MARKS]
+            entries = [entries[i] for i in kept]
+            offsets = [offsets[i] for i in kept]
+            spaces = [spaces[i] for i in kept]
+            if not entries:
+                doc._.riskset_tokens = Tokens([], [], [], [])
+                return doc
+        norms, texts, like_num, is_title, stops, skippable = zip(*entries, strict=True)
         doc._.riskset_tokens = Tokens(
-            norms, texts, like_num, is_title, offsets, spaces, stops, skippable
+            norms, texts, like_num, is_title, offsets, spaces, stops, skippable, doc.text
         )
         return doc
 
@@ -267,7 +294,8 @@ class Normalizer:
 def rule_word(text: str, spacy_norm: str, known: frozenset[str] = frozenset()) -> str:
     """A token as the rules see it: spaCy's norm where it says more than the lower-cased word
     ("n't" -> "not", which depends on context), then riskset's own spelling."""
-    return normalise_word(spacy_norm if spacy_norm != text.lower() else text, known)
+    word = normalise_word(spacy_norm if spacy_norm != text.lower() else text, known)
+    return EMOJI_WORD if word not in known and _is_emoji(word) else word
 
 
 @Language.factory("riskset_targets")
@@ -306,8 +334,9 @@ class TargetMatcher:
         for i, rule in enumerate(rules.rules):
             self._add(f"{rule.code}#{i}", rule.code, read_as(rule.patterns), frozenset(rule.immune))
         for i, blocker in enumerate(rules.blockers):
-            key = f"block{i}"
-            self.blockers.add(key, read_as(blocker.patterns))
+            self.blockers.add(f"block{i}", read_as(blocker.patterns))
+            if blocker.unless:
+                self.blockers.add(f"unless{i}", read_as(blocker.unless))
         self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
         self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
 
@@ -319,7 +348,14 @@ class TargetMatcher:
         tokens: Tokens = doc._.riskset_tokens
         # Per token, the codes a blocker covering it rules out: linear in the text's length.
         blocked: dict[int, set[str]] = {}
-        for key, start, end in self.blockers(tokens):
+        found = self.blockers(tokens)
+        kept = [(k.removeprefix("unless"), s, e) for k, s, e in found if k.startswith("unless")]
+        for key, start, end in found:
+            # "Has narcan x2" is a kit in hand, though "narcan x2" alone is a rescue.
+            if key.startswith("unless") or any(
+                f"block{k}" == key and s <= start and end <= e for k, s, e in kept
+            ):
+                continue
             for i in range(start, end):
                 blocked.setdefault(i, set()).update(self.blocked_codes[key])
         mentions: list[Mention] = []
@@ -368,6 +404,15 @@ def _longest_per_code(mentions: list[Mention]) -> list[Mention]:
         if cluster:
             kept.append(max(cluster, key=lambda c: c.end - c.start))
     return sorted(kept, key=lambda m: (m.start, m.end))
+
+
+def _most_common(people: list[str | None]) -> str | None:
+    """The person named most often, if one is named more often than any other."""
+    counts = {who: people.count(who) for who in set(people) if who}
+    ranked = sorted(counts.values(), reverse=True)
+    if not ranked or (len(ranked) > 1 and ranked[0] == ranked[1]):
+        return None
+    return max(counts, key=lambda who: counts[who])
 
 
 def _within_pseudo(start: int, end: int, pseudo: list[tuple[int, int]]) -> bool:
@@ -448,13 +493,14 @@ class ContextReader:
         "he's drunk" is the partner. The person is whoever the pronouns mostly point at.
         """
         people = [self.person_of.get(norm) for norm in t.norms]
-        counts = {who: people.count(who) for who in set(people) if who}
-        if len(counts) < 2:
+        if len({who for who in people if who}) < 2:
             return []
-        ranked = sorted(counts.items(), key=lambda kv: -kv[1])
-        if ranked[0][1] == ranked[1][1]:
+        # Whoever is named most often; on a tie, whoever is more often the subject ("she's
+        # scared she'll find him dead": "him" is named as often as "she", but is no subject).
+        subjects = [who for who, norm in zip(people, t.norms, strict=True) if norm in self.subjects]
+        main = _most_common(people) or _most_common(subjects)
+        if main is None:
             return []
-        main = ranked[0][0]
         scopes: list[_Scope] = []
         for i, who in enumerate(people):
             if who and who != main and t.norms[i] in self.subjects:
@@ -469,8 +515,15 @@ class ContextReader:
         clause = 0
         ids: list[int] = []
         norms = t.norms
+        texts, is_title = t.texts, t.is_title
         for i, norm in enumerate(norms):
-            if norm in SENTENCE_ENDS or "\n" in t.texts[i]:
+            if (
+                norm in SENTENCE_ENDS
+                or "\n" in texts[i]
+                # "died in Aug. B drinking heavy since": an abbreviation's stop ends a sentence
+                # when a capital follows.
+                or (texts[i][-1] == "." and i + 1 < len(norms) and is_title[i + 1])
+            ):
                 ids.append(clause)
                 clause += 1
                 continue

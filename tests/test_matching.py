@@ -74,6 +74,9 @@ def test_rule_words_are_rewritten_as_the_tokenizer_reads_them() -> None:
     assert retokenise("w/d? sick", split) == "(w / d)? sick"
     # Special words are left alone.
     assert retokenise("=Gonna pre* /gonna/", split) == "=Gonna pre* /gonna/"
+    # A regex keeps its own | and ( ), even where they hold words the tokenizer would split.
+    regex = "used ..3 /^(?:[89]|gonna|[1-9][0-9]+)$/ hrs"
+    assert retokenise(regex, split) == regex
     rules = RuleSet(str.lower)
     rules.add("wd", [retokenise("bad w/d", split)])
     assert [key for key, _, _ in rules(tokens("bad w / d today"))] == ["wd"]

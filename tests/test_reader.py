@@ -168,6 +168,19 @@ def test_text_no_reader_can_use_is_refused_with_a_reason() -> None:
         ("EMS gave him 3 narcan before he came around", "has_naloxone"),
         ("his sister hit him with narcan twice", "violence_risk"),
         ("scared of needles so she only smokes it", "route:injection"),
+        # Ages, a festival's tent, a service's van, where a kit is kept.
+        ("Pt 30s M at the drop-in, smokes weed", "substance:opioid_pills"),
+        ("a 30-year-old who drinks on weekends", "substance:opioid_pills"),
+        ("brought to the med tent at the festival, rolling hard", "location:encampment"),
+        ("the SEP van was late so she waited at the bus stop", "location:vehicle"),
+        ("he keeps the narcan in his car", "location:vehicle"),
+        # Selling is not using; a friend staying sober is the friend's goal.
+        ("doesnt use, just sells a little weed", "substance:cannabis"),
+        ("group of five, one of them staying sober to drive", "goal_stop"),
+        # Chills with an abscess and fever are the infection's.
+        ("abscess on his arm, fever and chills since yesterday", "withdrawal"),
+        # Hours since last use that are many are not being high now.
+        ("last used about 20 hrs ago, yawning and cramping", "intoxicated_now"),
     ],
 )
 def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> None:
@@ -186,6 +199,20 @@ def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> Non
         ("living out of her van since the eviction", "unhoused"),
         ("says she's gonna go big when her check comes", "intends_to_use"),
         ("shooting up behind the station, commuters walking past", "bystanders_present"),
+        # Outreach notes hand out naloxone: "Has narcan x2", "Gave T. 3 narcan".
+        ("Has narcan x2, uses with her sister", "has_naloxone"),
+        ("Gave T. 3 narcan and a box of rigs.", "has_naloxone"),
+        ("cant do this anymore. took all my pills", "suicidal_ideation"),
+        ("cant do this anymore. took all my pills", "high_dose"),
+        ("sleeping maybe 3 hrs a night since the move", "basic_needs_unmet"),
+        ("hasn't slept more than two hours in days", "basic_needs_unmet"),
+        ("got choked by a customer last week, still shaken", "violence_risk"),
+        ("her boyfriend won't let her leave the apartment", "violence_risk"),
+        ("down to 2 bags a day from 6, wants to keep going", "goal_reduce"),
+        ("he skin pops now, no veins left", "route:injection"),
+        ("been sniffing K most nights by myself", "substance:ketamine"),
+        ("taking six a day, more than prescribed", "high_dose"),
+        ("on the same rig for the 4th day", "equipment_sharing"),
     ],
 )
 def test_ways_people_say_it(text: str, code: str) -> None:
@@ -204,3 +231,33 @@ def test_a_trigger_reaches_only_the_codes_it_names() -> None:
     # "to start" makes a medicine a wish, but a plan "to start using" is still a plan.
     assert statuses("wants to start using again")["intends_to_use"] == {"present"}
     assert "hypothetical" in statuses("wants to start bupe")["substance:buprenorphine"]
+
+
+def test_quote_marks_do_not_come_between_the_words_of_a_finding() -> None:
+    text = "fent + 'bars' daily, said he took 'a couple' of tabs"
+    found = {f.code: f for f in riskset.read(text).findings if f.status is Status.present}
+    assert "substance:benzodiazepines" in found
+    assert "substance:psychedelics" in found
+    # The evidence is still the text exactly as written, quote marks and all.
+    for f in found.values():
+        assert text[f.start : f.end] == f.text
+
+
+def test_an_emoji_ends_a_sentence_as_a_full_stop_would() -> None:
+    # Without the emoji as a stop, "can't" would reach over it and deny the truck.
+    assert "unhoused" in present("i cant even stand 🤮🤮 sleepin in the truck at the rest stop")
+    assert "substance:psychedelics" in present("we r so fuckd up rn 🍄🍄")
+
+
+def test_an_abbreviation_before_a_capital_ends_a_sentence() -> None:
+    # "Aug." holds the only stop between the sister's death and the person's drinking.
+    assert "substance:alcohol" in present("Her sister OD'd in Aug. T drinking heavy since then.")
+
+
+def test_the_person_is_who_is_most_often_the_subject_when_pronouns_tie() -> None:
+    text = (
+        "Woman asking for narcan for her son, says he shoots up in his room and she's "
+        "scared she'll find him dead. She doesn't use."
+    )
+    assert "route:injection" not in present(text)
+    assert "mood_anxious" in present(text)
