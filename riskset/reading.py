@@ -558,7 +558,9 @@ class ContextReader:
                 continue
             taken.update((i, kind) for i in span)
             cue = t.quote(start, end)[0]
-            here = clause[start]
+            # A forward scope runs in the clause where the trigger ends: "Partner still smokes"
+            # holds a terminator, yet the smoking is still the partner's.
+            here = clause[end - 1] if trigger.direction == "forward" else clause[start]
             if trigger.direction in ("forward", "both"):
                 if trigger.category == "other":
                     end = start + 1
