@@ -518,7 +518,9 @@ class RuleSet:
                 if end > start:
                     key = (compiled.key, start)
                     found[key] = max(found.get(key, 0), end)
-        return [(key, start, end) for (key, start), end in found.items()]
+        # In text order, then by key: the same answer in every process, whatever the order
+        # of the sets and snapshots the patterns came through.
+        return sorted((key, start, end) for (key, start), end in found.items())
 
     def _first_words(self) -> dict[str, tuple[dict[str, Any] | None, list[_Compiled]]]:
         """Per word a rule can start with: its trie node, and the other patterns it may start."""

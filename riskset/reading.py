@@ -546,8 +546,9 @@ class ContextReader:
         matches = self.matcher(t)
         pseudo = [(s, e) for k, s, e in matches if k == "pseudo"]
         found = [(k, s, e) for k, s, e in matches if k != "pseudo"]
-        # Longest trigger first, so "no longer" is not also read as "no".
-        found.sort(key=lambda m: (m[1] - m[2], m[1]))
+        # Longest trigger first, so "no longer" is not also read as "no"; of two with the same
+        # words, the one that reaches further.
+        found.sort(key=lambda m: (m[1] - m[2], m[1], -self.triggers[m[0]].window))
         taken: set[tuple[int, str]] = set()  # (token, kind) already used by a longer trigger
         for key, start, end in found:
             trigger = self.triggers[key]

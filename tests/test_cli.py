@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,27 @@ def test_scrub_removes_what_identifies_and_keeps_drug_words() -> None:
     row = json.loads(out)
     assert code == 0 and "Jessica" not in row["text"] and "555" not in row["text"]
     assert "tina" in row["text"] and {r["kind"] for r in row["removed"]} >= {"name", "dob", "phone"}
+
+
+def test_the_same_narratives_get_the_same_answers_in_every_process() -> None:
+    # Python seeds its string hashing afresh in each process; the order of sets must never
+    # decide a finding (two triggers with the same words once did, by chance).
+    lines = [
+        json.loads(line)
+        for name in ("labelled.jsonl", "fresh2.jsonl")
+        for line in (ROOT / "tests" / "narratives" / name).read_text().splitlines()
+    ]
+    stdin = "".join(json.dumps({"id": r["id"], "text": r["text"]}) + "\n" for r in lines)
+    outputs = []
+    for seed in ("1", "4"):  # (these two orders differed before the fix)
+        env = {**os.environ, "PYTHONHASHSEED": seed, "RISKSET_CACHE_DIR": "off"}
+        run = subprocess.run(
+            [sys.executable, "-m", "riskset", "assess", "--jsonl"],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
+        outputs.append(run.stdout)
+    assert outputs[0] == outputs[1]
