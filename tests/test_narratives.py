@@ -21,37 +21,51 @@ from .conftest import SHARED
 HERE = Path(__file__).parent / "narratives"
 FLOORS = {
     "labelled.jsonl": {
-        "f1": 0.89,
+        "f1": 0.91,
         "negation_errors": 26,
-        "risk_agreement": 0.72,
-        "plan_recall": 0.85,
+        "risk_agreement": 0.80,
+        "plan_recall": 0.88,
     },
     "heldout.jsonl": {
-        "f1": 0.77,
-        "negation_errors": 38,
-        "risk_agreement": 0.71,
-        "plan_recall": 0.7,
+        "f1": 0.91,
+        "negation_errors": 19,
+        "risk_agreement": 0.79,
+        "plan_recall": 0.83,
     },
     # Written blind to the rules in session 2; read 0.817 F1 before any rule saw it.
     "fresh.jsonl": {
-        "f1": 0.82,
-        "negation_errors": 19,
-        "risk_agreement": 0.79,
-        "plan_recall": 0.79,
-    },
-    # Written blind to the rules in session 3, at its end; never tuned on (0.803 F1).
-    "fresh3.jsonl": {
-        "f1": 0.78,
-        "negation_errors": 44,
-        "risk_agreement": 0.70,
-        "plan_recall": 0.80,
+        "f1": 0.85,
+        "negation_errors": 17,
+        "risk_agreement": 0.83,
+        "plan_recall": 0.81,
     },
     # Written blind to the rules in session 3; read 0.829 F1 (34 negation errors) before.
     "fresh2.jsonl": {
-        "f1": 0.85,
-        "negation_errors": 22,
-        "risk_agreement": 0.73,
-        "plan_recall": 0.81,
+        "f1": 0.89,
+        "negation_errors": 13,
+        "risk_agreement": 0.81,
+        "plan_recall": 0.84,
+    },
+    # Written blind at the end of session 3; read 0.803 F1 (40 negation errors) before.
+    "fresh3.jsonl": {
+        "f1": 0.91,
+        "negation_errors": 15,
+        "risk_agreement": 0.82,
+        "plan_recall": 0.88,
+    },
+    # Written blind in session 4; read 0.835 F1 (61 negation errors) before.
+    "fresh4.jsonl": {
+        "f1": 0.82,
+        "negation_errors": 63,
+        "risk_agreement": 0.70,
+        "plan_recall": 0.82,
+    },
+    # Never inspected: only its figures are ever looked at.
+    "blind.jsonl": {
+        "f1": 0.84,
+        "negation_errors": 30,
+        "risk_agreement": 0.79,
+        "plan_recall": 0.82,
     },
 }
 

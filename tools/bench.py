@@ -25,6 +25,7 @@ SETS = [
     ROOT / "tests" / "narratives" / "fresh.jsonl",
     ROOT / "tests" / "narratives" / "fresh2.jsonl",
     ROOT / "tests" / "narratives" / "fresh3.jsonl",
+    ROOT / "tests" / "narratives" / "fresh4.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
 
