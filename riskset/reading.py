@@ -64,6 +64,11 @@ class Rule(_Strict):
         default_factory=list,
         description="context categories that do not change this rule's mentions",
     )
+    weak: bool = Field(
+        False,
+        description="a hint, not a statement: it gives way when the text denies the finding"
+        " elsewhere (a visit to the syringe program, but 'would never inject')",
+    )
 
 
 class Blocker(_Strict):
@@ -93,6 +98,11 @@ class Trigger(_Strict):
     )
     only: list[str] = Field(
         default_factory=list, description="the codes this trigger can reach (empty: every code)"
+    )
+    reach: Literal["clause", "sentence"] = Field(
+        "clause",
+        description="how far a scope may run: to the clause's end, or on through the sentence"
+        " ('before prison he smoked crack and sometimes used heroin')",
     )
 
 
@@ -128,6 +138,10 @@ class ContextRules(_Strict):
 
 class ReaderRules(_Strict):
     spelling: dict[str, str]
+    spelling_as_written: dict[str, str] = Field(
+        default_factory=dict,
+        description="respellings that depend on case: 'ODd' is overdosed, 'odd' is odd",
+    )
     internal_codes: list[str]
     rules: list[Rule]
     blockers: list[Blocker]
@@ -210,6 +224,7 @@ class Mention:
     other: bool = False
     derived: bool = False
     immune: frozenset[str] = frozenset()
+    weak: bool = False
 
 
 @dataclass
@@ -294,6 +309,9 @@ class Normalizer:
 def rule_word(text: str, spacy_norm: str, known: frozenset[str] = frozenset()) -> str:
     """A token as the rules see it: spaCy's norm where it says more than the lower-cased word
     ("n't" -> "not", which depends on context), then riskset's own spelling."""
+    exact = reader_rules().spelling_as_written.get(text)
+    if exact is not None:
+        return exact
     word = normalise_word(spacy_norm if spacy_norm != text.lower() else text, known)
     return EMOJI_WORD if word not in known and _is_emoji(word) else word
 
@@ -325,14 +343,20 @@ class TargetMatcher:
         self.matcher = RuleSet(normalise_word)
         self.blockers = RuleSet(normalise_word)
         # One matcher key per rule, so a mention knows which rule (and immunity) found it.
-        self.rule_of: dict[str, tuple[str, frozenset[str]]] = {}
+        self.rule_of: dict[str, tuple[str, frozenset[str], bool]] = {}
         for substance in kb.substances.values():
             self._add(substance.code, substance.code, read_as(substance.aliases), frozenset())
             self.matcher.add(
                 substance.code, [f"={alias}" for alias in substance.case_sensitive_aliases]
             )
         for i, rule in enumerate(rules.rules):
-            self._add(f"{rule.code}#{i}", rule.code, read_as(rule.patterns), frozenset(rule.immune))
+            self._add(
+                f"{rule.code}#{i}",
+                rule.code,
+                read_as(rule.patterns),
+                frozenset(rule.immune),
+                rule.weak,
+            )
         for i, blocker in enumerate(rules.blockers):
             self.blockers.add(f"block{i}", read_as(blocker.patterns))
             if blocker.unless:
@@ -340,8 +364,15 @@ class TargetMatcher:
         self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
         self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
 
-    def _add(self, key: str, code: str, patterns: Iterable[str], immune: frozenset[str]) -> None:
-        self.rule_of[key] = (code, immune)
+    def _add(
+        self,
+        key: str,
+        code: str,
+        patterns: Iterable[str],
+        immune: frozenset[str],
+        weak: bool = False,
+    ) -> None:
+        self.rule_of[key] = (code, immune, weak)
         self.matcher.add(key, patterns)
 
     def __call__(self, doc: Doc) -> Doc:
@@ -360,10 +391,10 @@ class TargetMatcher:
                 blocked.setdefault(i, set()).update(self.blocked_codes[key])
         mentions: list[Mention] = []
         for key, start, end in self.matcher(tokens):
-            code, immune = self.rule_of[key]
+            code, immune, weak = self.rule_of[key]
             if any(code in blocked.get(i, ()) for i in range(start, end)):
                 continue
-            mentions.append(Mention(code, start, end, immune=immune))
+            mentions.append(Mention(code, start, end, immune=immune, weak=weak))
         doc._.riskset_mentions = self._suppress(_longest_per_code(mentions))
         return doc
 
@@ -404,6 +435,26 @@ def _longest_per_code(mentions: list[Mention]) -> list[Mention]:
         if cluster:
             kept.append(max(cluster, key=lambda c: c.end - c.start))
     return sorted(kept, key=lambda m: (m.start, m.end))
+
+
+def _ends_sentence(t: Tokens, i: int) -> bool:
+    text = t.texts[i]
+    return (
+        t.norms[i] in SENTENCE_ENDS
+        or "\n" in text
+        # "died in Aug. B drinking heavy since": an abbreviation's stop ends a sentence when a
+        # capital follows, and an initial's always ("hx hep C. drinks").
+        or (text[-1] == "." and i + 1 < len(t) and t.is_title[i + 1])
+        or (len(text) == 2 and text[1] == "." and text[0].isupper())
+    )
+
+
+def _without_overruled_hints(mentions: list[Mention]) -> list[Mention]:
+    """A weak mention gives way to the same code plainly denied."""
+    overruled = {m.code for m in mentions if not m.weak and m.status is Status.absent}
+    if not overruled:
+        return mentions
+    return [m for m in mentions if not (m.weak and m.code in overruled)]
 
 
 def _most_common(people: list[str | None]) -> str | None:
@@ -515,15 +566,8 @@ class ContextReader:
         clause = 0
         ids: list[int] = []
         norms = t.norms
-        texts, is_title = t.texts, t.is_title
         for i, norm in enumerate(norms):
-            if (
-                norm in SENTENCE_ENDS
-                or "\n" in texts[i]
-                # "died in Aug. B drinking heavy since": an abbreviation's stop ends a sentence
-                # when a capital follows.
-                or (texts[i][-1] == "." and i + 1 < len(norms) and is_title[i + 1])
-            ):
+            if _ends_sentence(t, i):
                 ids.append(clause)
                 clause += 1
                 continue
@@ -538,6 +582,17 @@ class ContextReader:
             ids.append(clause)
         return ids
 
+    @staticmethod
+    def sentence_bounds(t: Tokens) -> list[int]:
+        """For each token, the index of the sentence it belongs to."""
+        sentence = 0
+        ids: list[int] = []
+        for i in range(len(t)):
+            ids.append(sentence)
+            if _ends_sentence(t, i):
+                sentence += 1
+        return ids
+
     def _starts_clause(self, t: Tokens, i: int) -> bool:
         return i < len(t) and t.norms[i] in self.clause_starters
 
@@ -550,6 +605,7 @@ class ContextReader:
         # words, the one that reaches further.
         found.sort(key=lambda m: (m[1] - m[2], m[1], -self.triggers[m[0]].window))
         taken: set[tuple[int, str]] = set()  # (token, kind) already used by a longer trigger
+        sentence: list[int] | None = None  # worked out only when a trigger reaches that far
         for key, start, end in found:
             trigger = self.triggers[key]
             # A longer trigger of the same kind wins ("no longer" over "no"); kinds don't compete.
@@ -561,7 +617,11 @@ class ContextReader:
             cue = t.quote(start, end)[0]
             # A forward scope runs in the clause where the trigger ends: "Partner still smokes"
             # holds a terminator, yet the smoking is still the partner's.
-            here = clause[end - 1] if trigger.direction == "forward" else clause[start]
+            bounds = clause
+            if trigger.reach == "sentence":
+                sentence = sentence or self.sentence_bounds(t)
+                bounds = sentence
+            here = bounds[end - 1] if trigger.direction == "forward" else bounds[start]
             if trigger.direction in ("forward", "both"):
                 if trigger.category == "other":
                     end = start + 1
@@ -570,7 +630,7 @@ class ContextReader:
                 while (
                     stop < len(t)
                     and stop < end + trigger.window
-                    and clause[stop] == here
+                    and bounds[stop] == here
                     and not (stop > end and t.norms[stop] in stops)
                     and not (trigger.comma_ends and t.norms[stop] == "," and stop - 1 not in ends)
                 ):
@@ -578,7 +638,7 @@ class ContextReader:
                 yield _Scope(trigger.category, end, stop, cue, (start, end), self.only[key])
             if trigger.direction in ("backward", "both"):
                 begin = start
-                while begin > 0 and begin > start - trigger.window and clause[begin - 1] == here:
+                while begin > 0 and begin > start - trigger.window and bounds[begin - 1] == here:
                     begin -= 1
                 if trigger.from_words:
                     # "the dope is purple??" is surprise, not a question about the dope: a question
@@ -639,7 +699,7 @@ class FindingBuilder:
         mentions: list[Mention] = doc._.riskset_mentions or []
         tokens: Tokens = doc._.riskset_tokens
         reading = Reading()
-        mine = [m for m in mentions if not m.other]
+        mine = _without_overruled_hints([m for m in mentions if not m.other])
         chosen = self._one_per_code_and_status(mine)
         facts = self.facts(chosen)
         derived = self._derive(doc, chosen, facts)
