@@ -166,6 +166,22 @@ def rate_pair(a: str, b: str) -> PairRating:
     )
 
 
+def distinct_names(names: list[str], label: str) -> list[str]:
+    """The names worth telling someone: the knowledge base also holds misspellings ("herion")
+    and plurals so the reader can find them, but a fact sheet lists each name once."""
+    kept: list[str] = []
+    seen = [fold(label)]
+    for name in names:
+        folded = fold(name)
+        if folded.split(" ", 1)[0] in ("a", "an", "one", "the", "some"):
+            continue  # "a tram", "a bag": how a name is used, not another name
+        if any(difflib.SequenceMatcher(None, folded, s).ratio() >= 0.72 for s in seen):
+            continue
+        kept.append(name)
+        seen.append(folded)
+    return kept
+
+
 def fact_sheet(name: str) -> FactSheet:
     """What to know about one substance: overdose signs, routes, what helps, riskiest mixes."""
     kb = load_knowledge()
@@ -189,7 +205,7 @@ def fact_sheet(name: str) -> FactSheet:
         id=s.id,
         label=s.label,
         klass=s.klass,
-        also_called=list(dict.fromkeys([*s.plain_names, *s.aliases]))[:12],
+        also_called=distinct_names([*s.plain_names, *s.aliases], s.label)[:12],
         routes=list(s.routes),
         overdose_signs=s.overdose_signs,
         route_notes=s.route_notes,

@@ -93,6 +93,14 @@ def test_fact_sheet() -> None:
     assert sheet.riskiest_with and sheet.riskiest_with[0].risk == "dangerous"
 
 
+def test_fact_sheet_names_each_name_once_without_misspellings() -> None:
+    # The reader knows "herion" and "tramodol"; a fact sheet should not teach them.
+    heroin = fact_sheet("heroin").also_called
+    assert "smack" in heroin and "dope" in heroin
+    assert not {"herion", "heroine", "heroinn"} & set(heroin)
+    assert "tramodol" not in fact_sheet("tramadol").also_called
+
+
 def test_cli_check_drug_and_interactions() -> None:
     result = runner.invoke(app, ["check", "heroin", "xanax"])
     assert result.exit_code == 0 and "DANGEROUS" in result.stdout
