@@ -22,6 +22,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import compress
 from typing import Any
 
 NEGATIONS = frozenset({"not", "no", "never", "nobody", "nothing", "none", "without"})
@@ -56,19 +57,22 @@ class Tokens:
     # What the whole text holds, which each rule set asks before it matches anything.
     norm_set: frozenset[str] = field(init=False, repr=False)
     text_set: frozenset[str] = field(init=False, repr=False)
-    initials: frozenset[str] = field(init=False, repr=False)
     has_number: bool = field(init=False, repr=False)
     has_title: bool = field(init=False, repr=False)
+    # Where the numbers and capitals are: patterns that start with one wake only there.
+    numbers_at: frozenset[int] = field(init=False, repr=False)
+    titles_at: frozenset[int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         norm_set = frozenset(self.norms)
         facts: dict[str, object] = {
             "norm_set": norm_set,
             "text_set": frozenset(self.texts),
-            "initials": frozenset(norm[:1] for norm in norm_set),
-            "has_number": any(self.like_num),
-            "has_title": any(self.is_title),
+            "numbers_at": frozenset(compress(range(len(self.norms)), self.like_num)),
+            "titles_at": frozenset(compress(range(len(self.norms)), self.is_title)),
         }
+        facts["has_number"] = bool(facts["numbers_at"])
+        facts["has_title"] = bool(facts["titles_at"])
         if len(self.stops) != len(self.norms):
             kinds = [token_kind(n, t) for n, t in zip(self.norms, self.texts, strict=True)]
             facts["stops"] = [stop for stop, _ in kinds]
@@ -414,6 +418,12 @@ def _may_match(compiled: _Compiled, norms: frozenset[str], texts: frozenset[str]
     return not compiled.needs_text or all(not texts.isdisjoint(e) for e in compiled.needs_text)
 
 
+# Per first word: its trie node, the patterns it starts whatever follows, and the patterns it
+# starts only before a given word, by that word.
+_Entry = tuple[dict[str, Any] | None, list[_Compiled], dict[str, list[_Compiled]]]
+_NO_ENTRY: _Entry = (None, [], {})
+
+
 @dataclass
 class RuleSet:
     """Patterns under keys. Calling it returns every (key, start, end) match, longest per start."""
@@ -426,7 +436,7 @@ class RuleSet:
     _on_number: list[_Compiled] = field(default_factory=list)
     _on_title: list[_Compiled] = field(default_factory=list)
     _anywhere: list[_Compiled] = field(default_factory=list)
-    _first: dict[str, tuple[dict[str, Any] | None, list[_Compiled]]] | None = None  # on first use
+    _first: dict[str, _Entry] | None = None  # on first use
 
     def add(self, key: str, patterns: Iterable[str]) -> None:
         self._first = None
@@ -487,8 +497,15 @@ class RuleSet:
             if entry is None:
                 if not anywhere and start not in rare:
                     continue
-                entry = (None, [])
-            node, candidates = entry
+                entry = _NO_ENTRY
+            node, candidates, by_second = entry
+            following = norms[start + 1] if start + 1 < n else None
+            if by_second and following is not None:
+                # The patterns whose second word must be the word that follows: looked up by
+                # it, rather than each tested against it (a common first word starts dozens).
+                also = by_second.get(following)
+                if also:
+                    candidates = candidates + also
             if node is not None:  # the plain phrases starting here, along the trie
                 end = start + 1
                 while True:
@@ -505,7 +522,6 @@ class RuleSet:
                 candidates = candidates + self._rarer_candidates(t, start)
             if anywhere:
                 candidates = candidates + anywhere
-            following = norms[start + 1] if start + 1 < n else None
             for compiled in candidates:
                 if compiled.second is not None and following not in compiled.second:
                     continue
@@ -522,30 +538,43 @@ class RuleSet:
         # of the sets and snapshots the patterns came through.
         return sorted((key, start, end) for (key, start), end in found.items())
 
-    def _first_words(self) -> dict[str, tuple[dict[str, Any] | None, list[_Compiled]]]:
-        """Per word a rule can start with: its trie node, and the other patterns it may start."""
+    def _first_words(self) -> dict[str, _Entry]:
+        """Per word a rule can start with: its trie node, the other patterns it may start, and
+        those of them that need a given second word, by that word."""
         if self._first is None:
-            words = set(self._trie) | set(self._by_first)
-            self._first = {w: (self._trie.get(w), self._by_first.get(w, [])) for w in words}
+            first: dict[str, _Entry] = {}
+            for word in set(self._trie) | set(self._by_first):
+                anyhow: list[_Compiled] = []
+                by_second: dict[str, list[_Compiled]] = {}
+                for compiled in self._by_first.get(word, []):
+                    if compiled.second is None:
+                        anyhow.append(compiled)
+                    else:
+                        for after in compiled.second:
+                            by_second.setdefault(after, []).append(compiled)
+                first[word] = (self._trie.get(word), anyhow, by_second)
+            self._first = first
         return self._first
 
     def _rare_starts(self, t: Tokens) -> frozenset[int]:
         """Where a pattern that starts with an exact text, a prefix, a number or a capital may
         start; most texts hold none of these, which a set test on the whole text tells."""
         exact = self._by_exact if not t.text_set.isdisjoint(self._by_exact) else None
-        prefixed = self._by_prefix if not t.initials.isdisjoint(self._by_prefix) else None
+        prefixed = None
+        if self._by_prefix and not self._by_prefix.keys().isdisjoint(n[:1] for n in t.norm_set):
+            prefixed = self._by_prefix
         numbers = bool(self._on_number) and t.has_number
         titles = bool(self._on_title) and t.has_title
         if not (exact or prefixed or numbers or titles):
             return frozenset()
-        return frozenset(
-            i
-            for i, (norm, text) in enumerate(zip(t.norms, t.texts, strict=True))
-            if (exact and text in exact)
-            or (prefixed and norm[:1] in prefixed)
-            or (numbers and t.like_num[i])
-            or (titles and t.is_title[i])
-        )
+        rare = (t.numbers_at if numbers else frozenset()) | (t.titles_at if titles else frozenset())
+        if exact or prefixed:
+            rare |= frozenset(
+                i
+                for i, (norm, text) in enumerate(zip(t.norms, t.texts, strict=True))
+                if (exact and text in exact) or (prefixed and norm[:1] in prefixed)
+            )
+        return rare
 
     def _rarer_candidates(self, t: Tokens, start: int) -> list[_Compiled]:
         candidates = list(self._by_exact.get(t.texts[start], []))

@@ -275,13 +275,15 @@ class Normalizer:
         pairs = np.ascontiguousarray(columns[:, :2]).view(_PAIR).ravel()
         keys: list[bytes] = pairs.tolist()  # type: ignore[assignment]  # void items are bytes
         found = [cache_.get(key) for key in keys]
-        entries: list[_Entry] = []
-        for i, entry in enumerate(found):
-            if entry is None:  # a word not seen before: worked out once, then cached
-                entry = self._entry(doc, int(columns[i, 0]), int(columns[i, 1]))
-                if len(cache_) < 100_000:
-                    cache_[keys[i]] = entry
-            entries.append(entry)
+        entries: list[_Entry] = found  # type: ignore[assignment]  # no None left, as checked
+        if None in found:
+            entries = []
+            for i, entry in enumerate(found):
+                if entry is None:  # a word not seen before: worked out once, then cached
+                    entry = self._entry(doc, int(columns[i, 0]), int(columns[i, 1]))
+                    if len(cache_) < 100_000:
+                        cache_[keys[i]] = entry
+                entries.append(entry)
         offsets, spaces = columns[:, 2].tolist(), columns[:, 3].tolist()
         if not QUOTE_MARKS.isdisjoint(map(_NORM_OF, entries)):
             # Quote marks say nothing to the rules and would come between words they match
@@ -294,8 +296,11 @@ class Normalizer:
                 doc._.riskset_tokens = Tokens([], [], [], [])
                 return doc
         norms, texts, like_num, is_title, stops, skippable = zip(*entries, strict=True)
+        # Spans are cut from the text only where quote marks were left out (doc.text is built
+        # afresh on each call, and most texts hold none).
+        text = doc.text if len(offsets) < len(columns) else ""
         doc._.riskset_tokens = Tokens(
-            norms, texts, like_num, is_title, offsets, spaces, stops, skippable, doc.text
+            norms, texts, like_num, is_title, offsets, spaces, stops, skippable, text
         )
         return doc
 
@@ -566,8 +571,10 @@ class ContextReader:
         clause = 0
         ids: list[int] = []
         norms = t.norms
+        texts = t.texts
         for i, norm in enumerate(norms):
-            if _ends_sentence(t, i):
+            # (The cheap tests first: most tokens end nothing.)
+            if norm in SENTENCE_ENDS or (texts[i][-1] in ".\n\r " and _ends_sentence(t, i)):
                 ids.append(clause)
                 clause += 1
                 continue
