@@ -26,6 +26,7 @@ SETS = [
     ROOT / "tests" / "narratives" / "fresh2.jsonl",
     ROOT / "tests" / "narratives" / "fresh3.jsonl",
     ROOT / "tests" / "narratives" / "fresh4.jsonl",
+    ROOT / "tests" / "narratives" / "fresh5.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
 
