@@ -354,7 +354,7 @@ def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
     return None
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a per-text memo is keyed by the pattern itself
 class _Compiled:
     key: str
     slots: tuple[Slot, ...]
@@ -489,13 +489,14 @@ class RuleSet:
         present, present_text = t.norm_set, t.text_set
         # Whether each pattern's indispensable words are in the text: asked once per pattern,
         # though a pattern may be a candidate at many starts.
-        possible: dict[int, bool] = {}
+        possible: dict[_Compiled, bool] = {}
         rare = self._rare_starts(t)
         for start, norm in enumerate(norms):
             # Most words start no rule: one dict lookup turns them away.
             entry = first.get(norm)
+            is_rare = bool(rare) and start in rare
             if entry is None:
-                if not anywhere and start not in rare:
+                if not anywhere and not is_rare:
                     continue
                 entry = _NO_ENTRY
             node, candidates, by_second = entry
@@ -518,16 +519,16 @@ class RuleSet:
                     if node is None:
                         break
                     end += 1
-            if start in rare:
+            if is_rare:
                 candidates = candidates + self._rarer_candidates(t, start)
             if anywhere:
                 candidates = candidates + anywhere
             for compiled in candidates:
                 if compiled.second is not None and following not in compiled.second:
                     continue
-                ok = possible.get(id(compiled))
+                ok = possible.get(compiled)
                 if ok is None:
-                    ok = possible[id(compiled)] = _may_match(compiled, present, present_text)
+                    ok = possible[compiled] = _may_match(compiled, present, present_text)
                 if not ok:
                     continue
                 end = compiled.longest(t, start)
