@@ -383,9 +383,16 @@ class _Compiled:
         n = len(norms)
         frontier = {start}
         for slot in self.slots:
+            words = slot.words
+            if words is not None and not slot.optional and len(frontier) == 1:
+                # The common case, one place to go on from and a word list: no sets built.
+                (pos,) = frontier
+                if pos < n and norms[pos] in words:
+                    frontier = {pos + 1}
+                    continue
+                return -1
             reached: set[int] = set(frontier) if slot.optional else set()
-            if slot.words is not None:
-                words = slot.words
+            if words is not None:
                 reached.update(pos + 1 for pos in frontier if pos < n and norms[pos] in words)
             elif slot.gap:
                 skippable = t.skippable
