@@ -214,7 +214,7 @@ except ImportError as err:  # pragma: no cover - spaCy is a hard dependency
     raise ImportError("riskset needs spaCy: pip install riskset") from err
 
 
-@dataclass
+@dataclass(slots=True)
 class Mention:
     code: str
     start: int  # token offsets
@@ -483,7 +483,7 @@ def make_context(nlp: Language, name: str) -> ContextReader:
     return cached("context", lambda: ContextReader(nlp))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Scope:
     category: Category
     start: int
