@@ -124,6 +124,10 @@ class Suppression(_Strict):
 
 class ContextRules(_Strict):
     terminators: list[str]
+    terminators_unless_before: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="a terminator that ends nothing before these words ('only at raves')",
+    )
     persons: dict[str, list[str]] = Field(
         default_factory=dict, description="pronouns by the person they point at"
     )
@@ -518,6 +522,10 @@ class ContextReader:
             self.matcher.add(key, read_as(trigger.patterns))
         self.matcher.add("pseudo", read_as(context.pseudo))
         self.terminators = {normalise_word(w) for w in context.terminators}
+        self.not_ending = {
+            normalise_word(w): {normalise_word(after) for after in words}
+            for w, words in context.terminators_unless_before.items()
+        }
         self.subjects = {fold(w) for w in context.subjects}
         self.clause_starters = {normalise_word(w) for w in context.clause_starters}
         self.immune = {code: set(cats) for code, cats in context.immune.items()}
@@ -579,7 +587,9 @@ class ContextReader:
                 clause += 1
                 continue
             if norm in self.terminators:
-                clause += 1
+                after = self.not_ending.get(norm)
+                if not (after and i + 1 < len(norms) and norms[i + 1] in after):
+                    clause += 1
             elif norm in CLAUSE_MARKS and self._starts_clause(t, i + 1):
                 ids.append(clause)
                 clause += 1
