@@ -380,7 +380,8 @@ class KnowledgeBase:
         """Every code a rule mentions must exist: a misspelt code would silently never fire."""
         known = set(self.all_codes()) | {f"class:{c}" for c in SUBSTANCE_CLASSES}
         known |= {f"combo:{c}" for c in RiskCategory.__args__}  # type: ignore[attr-defined]
-        known |= {f"risk:{lv.value}" for lv in Level} | {"combo:stack", "moud_only"}
+        known |= {f"risk:{lv.value}" for lv in Level}
+        known |= {"combo:stack", "moud_only", "only_uppers_or_trips"}  # worked out in risk.py
         known |= {"class:any"} | {f"maybe_combo:{c}" for c in RiskCategory.__args__}  # type: ignore[attr-defined]
         findings = [*self.codes, *(s.code for s in self.substances.values())]
         known |= {f"{prefix}:{c}" for prefix in ("maybe", "not", "past", "other") for c in findings}

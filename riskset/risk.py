@@ -35,6 +35,8 @@ STATUS_PREFIX = {
 }
 # Classes whose effects add up to slow breathing: a stack of three is worse than any pair.
 DEPRESSANT_CLASSES = {"opioid", "depressant"}
+# Classes that do not slow breathing: being high on only these is a different danger.
+UPPERS_AND_TRIPS = {"stimulant", "psychedelic", "cannabinoid"}
 
 
 def substance_ids(findings: Iterable[Finding], status: Status = Status.present) -> list[str]:
@@ -125,6 +127,9 @@ def facts_of(
     opioids = [s for s in present if kb.substances[s].klass == "opioid"]
     if opioids and all(kb.substances[s].treatment for s in opioids):
         facts.add("moud_only")  # methadone or buprenorphine and no other opioid
+    classes = {kb.substances[s].klass for s in present}
+    if classes and classes <= UPPERS_AND_TRIPS:
+        facts.add("only_uppers_or_trips")  # high on nothing that slows breathing
     combos = combinations(present, kb)
     facts.update(f"combo:{c.risk}" for c in combos)
     if any(len(c.substances) > 2 for c in combos):
