@@ -544,7 +544,7 @@ class ContextReader:
         # costs time in proportion to its length, not to mentions times triggers.
         covering: dict[int, list[_Scope]] = {}
         for scope in scopes:
-            for i in {*range(scope.start, scope.end), scope.trigger[0]}:
+            for i in {*range(scope.start, scope.end), *range(*scope.trigger)}:
                 covering.setdefault(i, []).append(scope)
         for mention in mentions:
             self.assign(mention, covering.get(mention.start, []))
@@ -675,8 +675,9 @@ class ContextReader:
             and (not s.only or mention.code in s.only)
             and (
                 s.start <= mention.start < s.end
-                # "used to use with her": a past-tense trigger inside the mention marks it
-                or (s.category == "historical" and s.trigger[0] == mention.start)
+                # "used to use with her", "was on done 2 yrs": a past-tense trigger holding
+                # the mention's first word marks it
+                or (s.category == "historical" and s.trigger[0] <= mention.start < s.end)
             )
             # A negation or condition wholly inside the mention is part of its meaning ("no
             # narcan", "might have fent in it"); "used to" or "his girlfriend overdosed" are not.

@@ -50,6 +50,10 @@ def present(text: str) -> set[str]:
         ("got off the needle last spring", "route:injection", "historical"),
         # "off" reaches the next words only: the sickness after it is now.
         ("been off the dope 2 days and sick as a dog", "withdrawal", "present"),
+        # A trigger holding the mention's first word; "only" before a place ends nothing.
+        ("was on done 2 yrs and left the program in may", "substance:methadone", "historical"),
+        ("she used to take it only at raves, now at home", "location:party", "historical"),
+        ("before prison he smoked crack and sometimes used heroin", "substance:heroin", "historical"),
     ],
 )
 def test_status(text: str, code: str, status: str) -> None:
@@ -181,6 +185,11 @@ def test_text_no_reader_can_use_is_refused_with_a_reason() -> None:
         ("abscess on his arm, fever and chills since yesterday", "withdrawal"),
         # Hours since last use that are many are not being high now.
         ("last used about 20 hrs ago, yawning and cramping", "intoxicated_now"),
+        # Others' wishes, dates and supplies.
+        ("everyone keeps telling me to go to rehab, i'm not going", "goal_stop"),
+        ("speed dating tonight, nervous lol", "substance:amphetamine"),
+        ("grabbed cookers and alcohol pads from the van", "substance:alcohol"),
+        ("Pregnant? No, had her tubes tied years ago.", "pregnant"),
     ],
 )
 def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> None:
@@ -213,6 +222,8 @@ def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> Non
         ("been sniffing K most nights by myself", "substance:ketamine"),
         ("taking six a day, more than prescribed", "high_dose"),
         ("on the same rig for the 4th day", "equipment_sharing"),
+        ("buys what are sold as Xanax and Percocet online", "substance:opioid_pills"),
+        ("quit cold turkey yesterday. hands shaking, cant sleep", "withdrawal"),
     ],
 )
 def test_ways_people_say_it(text: str, code: str) -> None:
@@ -261,3 +272,10 @@ def test_the_person_is_who_is_most_often_the_subject_when_pronouns_tie() -> None
     )
     assert "route:injection" not in present(text)
     assert "mood_anxious" in present(text)
+
+
+def test_someone_else_overdosing_now_is_the_most_urgent_situation() -> None:
+    # The person writing is fine; their brother is not. The plan and the risk are for now.
+    a = riskset.assess("my brother is nodding out on the couch and his lips look kinda gray")
+    assert a.overdose_risk.level.value == "very_high"
+    assert "overdose_response" in {p.strategy for p in a.plan}
