@@ -53,7 +53,7 @@ def present(text: str) -> set[str]:
         # A trigger holding the mention's first word; "only" before a place ends nothing.
         ("was on done 2 yrs and left the program in may", "substance:methadone", "historical"),
         ("she used to take it only at raves, now at home", "location:party", "historical"),
-        ("before prison he smoked crack and sometimes used heroin", "substance:heroin", "historical"),
+        ("before prison he smoked rock and sometimes used dope", "substance:heroin", "historical"),
     ],
 )
 def test_status(text: str, code: str, status: str) -> None:
