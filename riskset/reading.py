@@ -621,12 +621,14 @@ class ContextReader:
         # Longest trigger first, so "no longer" is not also read as "no"; of two with the same
         # words, the one that reaches further.
         found.sort(key=lambda m: (m[1] - m[2], m[1], -self.triggers[m[0]].window))
-        taken: set[tuple[int, str]] = set()  # (token, kind) already used by a longer trigger
+        # (token, kind) already used by a longer trigger; triggers that reach different codes
+        # are different kinds.
+        taken: set[tuple[int, tuple[str, str, frozenset[str]]]] = set()
         sentence: list[int] | None = None  # worked out only when a trigger reaches that far
         for key, start, end in found:
             trigger = self.triggers[key]
             # A longer trigger of the same kind wins ("no longer" over "no"); kinds don't compete.
-            kind = f"{trigger.category}/{trigger.direction}"
+            kind = (trigger.category, trigger.direction, self.only[key])
             span = range(start, end)
             if _within_pseudo(start, end, pseudo) or any((i, kind) in taken for i in span):
                 continue
