@@ -27,6 +27,7 @@ SETS = [
     ROOT / "tests" / "narratives" / "fresh3.jsonl",
     ROOT / "tests" / "narratives" / "fresh4.jsonl",
     ROOT / "tests" / "narratives" / "fresh5.jsonl",
+    ROOT / "tests" / "narratives" / "fresh6.jsonl",
     ROOT / "tests" / "narratives" / "fresh7.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
