@@ -188,6 +188,8 @@ def test_text_no_reader_can_use_is_refused_with_a_reason() -> None:
         # Others' wishes, dates and supplies.
         ("everyone keeps telling me to go to rehab, i'm not going", "goal_stop"),
         ("speed dating tonight, nervous lol", "substance:amphetamine"),
+        ("IM sublocade since Jan, doing well", "route:injection"),
+        ("narcan 0.4 IM given by EMS, came around", "route:injection"),
         ("grabbed cookers and alcohol pads from the van", "substance:alcohol"),
         ("Pregnant? No, had her tubes tied years ago.", "pregnant"),
     ],
@@ -223,6 +225,10 @@ def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> Non
         ("taking six a day, more than prescribed", "high_dose"),
         ("on the same rig for the 4th day", "equipment_sharing"),
         ("buys what are sold as Xanax and Percocet online", "substance:opioid_pills"),
+        # Clinical shorthand.
+        ("34M, UDS + fent and BZD, uses MJ daily", "substance:benzodiazepines"),
+        ("34M, UDS + fent and BZD, uses MJ daily", "substance:cannabis"),
+        ("meth IM most days, no IV", "route:injection"),
         ("quit cold turkey yesterday. hands shaking, cant sleep", "withdrawal"),
     ],
 )
