@@ -349,8 +349,9 @@ class TargetMatcher:
     def __init__(self, nlp: Language, kb: KnowledgeBase) -> None:
         rules = reader_rules()
         read_as = as_read(nlp)
+        # Rules and blockers share one rule set, so the text is scanned once; blockers' keys
+        # start with "!", which no code does.
         self.matcher = RuleSet(normalise_word)
-        self.blockers = RuleSet(normalise_word)
         # One matcher key per rule, so a mention knows which rule (and immunity) found it.
         self.rule_of: dict[str, tuple[str, frozenset[str], bool]] = {}
         for substance in kb.substances.values():
@@ -367,10 +368,10 @@ class TargetMatcher:
                 rule.weak,
             )
         for i, blocker in enumerate(rules.blockers):
-            self.blockers.add(f"block{i}", read_as(blocker.patterns))
+            self.matcher.add(f"!block{i}", read_as(blocker.patterns))
             if blocker.unless:
-                self.blockers.add(f"unless{i}", read_as(blocker.unless))
-        self.blocked_codes = {f"block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
+                self.matcher.add(f"!unless{i}", read_as(blocker.unless))
+        self.blocked_codes = {f"!block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
         self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
 
     def _add(
@@ -388,18 +389,23 @@ class TargetMatcher:
         tokens: Tokens = doc._.riskset_tokens
         # Per token, the codes a blocker covering it rules out: linear in the text's length.
         blocked: dict[int, set[str]] = {}
-        found = self.blockers(tokens)
-        kept = [(k.removeprefix("unless"), s, e) for k, s, e in found if k.startswith("unless")]
-        for key, start, end in found:
+        found = self.matcher(tokens)
+        blocking = [match for match in found if match[0][0] == "!"]
+        kept = [
+            (k.removeprefix("!unless"), s, e) for k, s, e in blocking if k.startswith("!unless")
+        ]
+        for key, start, end in blocking:
             # "Has narcan x2" is a kit in hand, though "narcan x2" alone is a rescue.
-            if key.startswith("unless") or any(
-                f"block{k}" == key and s <= start and end <= e for k, s, e in kept
+            if key.startswith("!unless") or any(
+                f"!block{k}" == key and s <= start and end <= e for k, s, e in kept
             ):
                 continue
             for i in range(start, end):
                 blocked.setdefault(i, set()).update(self.blocked_codes[key])
         mentions: list[Mention] = []
-        for key, start, end in self.matcher(tokens):
+        for key, start, end in found:
+            if key[0] == "!":
+                continue
             code, immune, weak = self.rule_of[key]
             if any(code in blocked.get(i, ()) for i in range(start, end)):
                 continue
