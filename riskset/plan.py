@@ -16,6 +16,7 @@ def make_plan(
 ) -> list[PlanItem]:
     first = [s for flag in urgent for s in _plan_first(flag.id, kb)]
     wants_change = bool(facts & kb.goal_facts)
+    behind: dict[tuple[str, ...], list[str]] = {}  # one lookup per set of facts, not per trigger
     items: list[PlanItem] = []
     for strategy in kb.strategies.values():
         if strategy.needs_goal and not wants_change:
@@ -27,7 +28,10 @@ def make_plan(
             continue
         because: list[str] = []
         for trigger in fired:
-            because += codes_behind(trigger.when.matched(facts), findings, kb)
+            matched = tuple(trigger.when.matched(facts))
+            if matched not in behind:
+                behind[matched] = codes_behind(list(matched), findings, kb)
+            because += behind[matched]
         items.append(
             PlanItem(
                 strategy=strategy.id,
@@ -41,13 +45,13 @@ def make_plan(
                 source=strategy.source,
             )
         )
-    priority = {s.id: s.priority for s in kb.strategies.values()}
+    priority = kb.strategies
     items.sort(
         key=lambda i: (
             not i.urgent,
             first.index(i.strategy) if i.urgent else 0,
             SPECTRUM_ORDER.index(i.spectrum),
-            priority[i.strategy],
+            priority[i.strategy].priority,
         )
     )
     return items
