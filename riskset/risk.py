@@ -143,13 +143,13 @@ def facts_of(
     return facts, combos
 
 
-def evidence_for(codes: Iterable[str], findings: Iterable[Finding]) -> list[str]:
-    """The narrative's own words behind some codes, for reasons a worker can check."""
+def words_by_fact(findings: Iterable[Finding]) -> dict[str, str]:
+    """Each fact's first words in the narrative, for reasons a worker can check."""
     by_code: dict[str, str] = {}
     for f in findings:
         if f.text:
             by_code.setdefault(STATUS_PREFIX[f.status] + f.code, f.text)
-    return [by_code[c] for c in codes if c in by_code]
+    return by_code
 
 
 def codes_behind(matched: list[str], findings: list[Finding], kb: KnowledgeBase) -> list[str]:
@@ -173,11 +173,17 @@ def codes_behind(matched: list[str], findings: list[Finding], kb: KnowledgeBase)
 
 
 def grounds(
-    cond: Condition, facts: set[str], every: list[Finding], kb: KnowledgeBase
+    cond: Condition,
+    facts: set[str],
+    every: list[Finding],
+    kb: KnowledgeBase,
+    words: dict[str, str] | None = None,
 ) -> tuple[list[str], list[str]]:
-    """The findings a rule rests on, and their words in the narrative."""
+    """The findings a rule rests on, and their words in the narrative (``words``: those of
+    ``every``, when the caller asks for many rules' grounds at once)."""
     because = codes_behind(cond.matched(facts), every, kb)
-    return because, evidence_for(because, every)
+    by_fact = words if words is not None else words_by_fact(every)
+    return because, [by_fact[c] for c in because if c in by_fact]
 
 
 def overdose_risk(
@@ -185,10 +191,11 @@ def overdose_risk(
 ) -> OverdoseRisk:
     reasons: list[RiskReason] = []
     every = [*findings, *signs]
+    words = words_by_fact(every)
     for factor in kb.risk.factors:
         if not factor.when.holds(facts):
             continue
-        because, evidence = grounds(factor.when, facts, every, kb)
+        because, evidence = grounds(factor.when, facts, every, kb, words)
         reasons.append(
             RiskReason(
                 factor=factor.id,
@@ -207,7 +214,7 @@ def overdose_risk(
     for floor in kb.risk.floors:
         if floor.when.holds(facts) and LEVEL_ORDER.index(floor.level) > LEVEL_ORDER.index(level):
             level = floor.level
-            because, evidence = grounds(floor.when, facts, every, kb)
+            because, evidence = grounds(floor.when, facts, every, kb, words)
             reasons.append(
                 RiskReason(
                     factor=f"floor_{floor.level.value}",
