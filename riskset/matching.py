@@ -57,8 +57,6 @@ class Tokens:
     # What the whole text holds, which each rule set asks before it matches anything.
     norm_set: frozenset[str] = field(init=False, repr=False)
     text_set: frozenset[str] = field(init=False, repr=False)
-    has_number: bool = field(init=False, repr=False)
-    has_title: bool = field(init=False, repr=False)
     # Where the numbers and capitals are: patterns that start with one wake only there.
     numbers_at: frozenset[int] = field(init=False, repr=False)
     titles_at: frozenset[int] = field(init=False, repr=False)
@@ -71,8 +69,6 @@ class Tokens:
             "numbers_at": frozenset(compress(range(len(self.norms)), self.like_num)),
             "titles_at": frozenset(compress(range(len(self.norms)), self.is_title)),
         }
-        facts["has_number"] = bool(facts["numbers_at"])
-        facts["has_title"] = bool(facts["titles_at"])
         if len(self.stops) != len(self.norms):
             kinds = [token_kind(n, t) for n, t in zip(self.norms, self.texts, strict=True)]
             facts["stops"] = [stop for stop, _ in kinds]
@@ -571,8 +567,8 @@ class RuleSet:
         prefixed = None
         if self._by_prefix and not self._by_prefix.keys().isdisjoint(n[:1] for n in t.norm_set):
             prefixed = self._by_prefix
-        numbers = bool(self._on_number) and t.has_number
-        titles = bool(self._on_title) and t.has_title
+        numbers = bool(self._on_number) and bool(t.numbers_at)
+        titles = bool(self._on_title) and bool(t.titles_at)
         if not (exact or prefixed or numbers or titles):
             return frozenset()
         rare = (t.numbers_at if numbers else frozenset()) | (t.titles_at if titles else frozenset())

@@ -543,9 +543,9 @@ class ContextReader:
         if not mentions:
             return doc
         tokens: Tokens = doc._.riskset_tokens
-        bounds = self.clause_bounds(tokens)
-        scopes = list(self.scopes(doc, tokens, bounds))
-        scopes += self.other_person_scopes(tokens, bounds)
+        clauses, sentences = self.clause_bounds(tokens)
+        scopes = list(self.scopes(doc, tokens, clauses, sentences))
+        scopes += self.other_person_scopes(tokens, clauses)
         # Index the scopes by the tokens they cover (each covers a few words), so a long text
         # costs time in proportion to its length, not to mentions times triggers.
         covering: dict[int, list[_Scope]] = {}
@@ -580,46 +580,42 @@ class ContextReader:
                 scopes.append(_Scope("other", i, end, t.texts[i], (i, i + 1)))
         return scopes
 
-    def clause_bounds(self, t: Tokens) -> list[int]:
-        """For each token, the index of the clause it belongs to."""
-        clause = 0
-        ids: list[int] = []
+    def clause_bounds(self, t: Tokens) -> tuple[list[int], list[int]]:
+        """For each token, the index of the clause and of the sentence it belongs to."""
+        clause = sentence = 0
+        clauses: list[int] = []
+        sentences: list[int] = []
         norms = t.norms
         texts = t.texts
         for i, norm in enumerate(norms):
-            # (The cheap tests first: most tokens end nothing.)
-            if norm in SENTENCE_ENDS or (texts[i][-1] in ".\n\r " and _ends_sentence(t, i)):
-                ids.append(clause)
+            sentences.append(sentence)
+            text = texts[i]
+            # (The cheap tests first: only these tokens can end a sentence.)
+            maybe_end = text[-1] == "." or "\n" in text
+            if norm in SENTENCE_ENDS or (maybe_end and _ends_sentence(t, i)):
+                clauses.append(clause)
                 clause += 1
+                sentence += 1
                 continue
             if norm in self.terminators:
                 after = self.not_ending.get(norm)
                 if not (after and i + 1 < len(norms) and norms[i + 1] in after):
                     clause += 1
             elif norm in CLAUSE_MARKS and self._starts_clause(t, i + 1):
-                ids.append(clause)
+                clauses.append(clause)
                 clause += 1
                 continue
             elif norm == "and" and self._starts_clause(t, i + 1):
                 clause += 1
-            ids.append(clause)
-        return ids
-
-    @staticmethod
-    def sentence_bounds(t: Tokens) -> list[int]:
-        """For each token, the index of the sentence it belongs to."""
-        sentence = 0
-        ids: list[int] = []
-        for i in range(len(t)):
-            ids.append(sentence)
-            if _ends_sentence(t, i):
-                sentence += 1
-        return ids
+            clauses.append(clause)
+        return clauses, sentences
 
     def _starts_clause(self, t: Tokens, i: int) -> bool:
         return i < len(t) and t.norms[i] in self.clause_starters
 
-    def scopes(self, doc: Doc, t: Tokens, clause: list[int]) -> Iterator[_Scope]:
+    def scopes(
+        self, doc: Doc, t: Tokens, clause: list[int], sentence: list[int]
+    ) -> Iterator[_Scope]:
         ends = {m.end - 1 for m in doc._.riskset_mentions or []}
         matches = self.matcher(t)
         pseudo = [(s, e) for k, s, e in matches if k == "pseudo"]
@@ -630,7 +626,6 @@ class ContextReader:
         # (token, kind) already used by a longer trigger; triggers that reach different codes
         # are different kinds.
         taken: set[tuple[int, tuple[str, str, frozenset[str]]]] = set()
-        sentence: list[int] | None = None  # worked out only when a trigger reaches that far
         for key, start, end in found:
             trigger = self.triggers[key]
             # A longer trigger of the same kind wins ("no longer" over "no"); kinds don't compete.
@@ -642,10 +637,7 @@ class ContextReader:
             cue = t.quote(start, end)[0]
             # A forward scope runs in the clause where the trigger ends: "Partner still smokes"
             # holds a terminator, yet the smoking is still the partner's.
-            bounds = clause
-            if trigger.reach == "sentence":
-                sentence = sentence or self.sentence_bounds(t)
-                bounds = sentence
+            bounds = sentence if trigger.reach == "sentence" else clause
             here = bounds[end - 1] if trigger.direction == "forward" else bounds[start]
             if trigger.direction in ("forward", "both"):
                 if trigger.category == "other":
