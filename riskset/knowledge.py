@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Callable, Sequence
 from functools import cache, cached_property
 from importlib import resources
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -42,6 +43,7 @@ class Condition(_Strict):
     all: list[str] = Field(default_factory=list)
     any: list[str] = Field(default_factory=list)
     none: list[str] = Field(default_factory=list)
+
     @cached_property
     def sets(self) -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
         # Every plan, risk and harm rule is tested for every narrative: keep its lists as sets.
@@ -69,6 +71,37 @@ class Condition(_Strict):
         """
         required = [f for f in self.all if f in facts]
         return required or [f for f in self.any if f in facts]
+
+
+R = TypeVar("R")
+
+
+class ByWakingFact(Generic[R]):
+    """Rules indexed by the facts that can make their condition hold.
+
+    Every plan trigger, risk factor, harm and urgent danger is asked about every narrative, and
+    most wait for a fact the narrative does not hold: a situation tests only the rules one of
+    whose facts it has, and gets those that hold in the rules' own order.
+    """
+
+    def __init__(self, rules: Sequence[R], when: Callable[[R], Condition]) -> None:
+        self.rules = list(rules)
+        self.conditions = [when(rule) for rule in self.rules]
+        self.always: list[int] = []  # rules that any situation may satisfy
+        self.by_fact: dict[str, list[int]] = {}
+        for i, condition in enumerate(self.conditions):
+            if condition.wakes is None:
+                self.always.append(i)
+            else:
+                for fact in condition.wakes:
+                    self.by_fact.setdefault(fact, []).append(i)
+        self.facts = frozenset(self.by_fact)
+
+    def holding(self, facts: set[str] | frozenset[str]) -> list[R]:
+        woken = set(self.always)
+        for fact in self.facts.intersection(facts):
+            woken.update(self.by_fact[fact])
+        return [self.rules[i] for i in sorted(woken) if self.conditions[i].holds(facts)]
 
 
 class CodeEntry(_Strict):
@@ -128,14 +161,6 @@ class Strategy(_Strict):
     @property
     def code(self) -> str:
         return f"strategy:{self.id}"
-
-    @cached_property
-    def wakes(self) -> frozenset[str] | None:
-        """Facts one of which must be present for a trigger to fire (None: any may fire)."""
-        keys = [t.when.wakes for t in self.triggers]
-        if any(k is None for k in keys):
-            return None
-        return frozenset().union(*(k for k in keys if k is not None))
 
 
 class Harm(_Strict):
@@ -358,6 +383,27 @@ class KnowledgeBase:
             + list(self.codes)
             + [s.code for s in self.strategies.values()]
         )
+
+    @cached_property
+    def plan_triggers(self) -> ByWakingFact[tuple[Strategy, Trigger]]:
+        pairs = [(s, t) for s in self.strategies.values() for t in s.triggers]
+        return ByWakingFact(pairs, lambda pair: pair[1].when)
+
+    @cached_property
+    def risk_factors(self) -> ByWakingFact[RiskFactor]:
+        return ByWakingFact(self.risk.factors, lambda factor: factor.when)
+
+    @cached_property
+    def risk_floors(self) -> ByWakingFact[LevelFloor]:
+        return ByWakingFact(self.risk.floors, lambda floor: floor.when)
+
+    @cached_property
+    def harms_by_fact(self) -> ByWakingFact[Harm]:
+        return ByWakingFact(self.harms, lambda harm: harm.when)
+
+    @cached_property
+    def urgent_by_fact(self) -> ByWakingFact[Urgent]:
+        return ByWakingFact(self.urgent, lambda urgent: urgent.when)
 
     @cached_property
     def _ratings(self) -> tuple[dict[frozenset[str], Rating], dict[frozenset[str], Rating]]:

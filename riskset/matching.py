@@ -60,11 +60,16 @@ class Tokens:
     # Where the numbers and capitals are: patterns that start with one wake only there.
     numbers_at: frozenset[int] = field(init=False, repr=False)
     titles_at: frozenset[int] = field(init=False, repr=False)
+    # Where each word is: a pattern armed by a text is tried only where it can start.
+    where: dict[str, list[int]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        norm_set = frozenset(self.norms)
+        where: dict[str, list[int]] = {}
+        for i, norm in enumerate(self.norms):
+            where.setdefault(norm, []).append(i)
         facts: dict[str, object] = {
-            "norm_set": norm_set,
+            "norm_set": frozenset(where),
+            "where": where,
             "text_set": frozenset(self.texts),
             "numbers_at": frozenset(compress(range(len(self.norms)), self.like_num)),
             "titles_at": frozenset(compress(range(len(self.norms)), self.is_title)),
@@ -350,35 +355,78 @@ def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
     return None
 
 
-@dataclass(eq=False)  # hashed by identity: a per-text memo is keyed by the pattern itself
+@dataclass(eq=False)  # hashed by identity: a set of armed patterns holds the patterns themselves
 class _Compiled:
     key: str
     slots: tuple[Slot, ...]
-    # When the first slot is one word and the second a plain word list, the word after a
-    # start must be in this set: a cheap test that turns most candidates away.
+    # When the first two slots are plain word lists, the second's words: the word after a
+    # start must be one of them, a cheap test that turns most candidates away.
     second: frozenset[str] | None = None
+    # How many of the first slots a start's position already satisfies.
+    skip: int = 0
     # Word lists (and exact texts) of which the text must hold at least one each for a match
     # to be possible: a set test per document turns away most patterns before any matching.
     needs: tuple[frozenset[str], ...] = ()
     needs_text: tuple[frozenset[str], ...] = ()
+    # What a match's first token can be.
+    starts: Starts = Starts(anything=True)
 
     def __post_init__(self) -> None:
         anchors = [_anchor(slot) for slot in self.slots if not slot.optional and not slot.gap]
         self.needs = tuple(sorted((a[1] for a in anchors if a and a[0] == "norm"), key=len))
         self.needs_text = tuple(a[1] for a in anchors if a and a[0] == "text")
-        if len(self.slots) < 2:
+        self.starts = _starts_of(self.slots)
+        first = self.slots[0]
+        if first.words is None or first.optional:
             return
-        first, second = self.slots[0], self.slots[1]
-        single = not first.optional and not first.gap and all(len(c) == 1 for c in first.choices)
-        if single and not second.optional and second.words is not None:
-            self.second = second.words
+        # A start is only ever tried where one of the first slot's words is, so matching
+        # begins at the second slot (or the third, once the second word has been checked).
+        self.skip = 1
+        if len(self.slots) > 1 and not self.slots[1].optional and self.slots[1].words is not None:
+            self.second = self.slots[1].words
+            self.skip = 2
+
+    def arm(self) -> tuple[str, frozenset[str]] | None:
+        """The word list (or exact texts) whose presence arms this pattern for a text: of the
+        lists it cannot do without, the one least likely in any text, so that a common first
+        word ("no", "he") does not wake it everywhere. The rest stay in ``needs``, to be
+        checked once the pattern is armed."""
+        lists = [("norm", words) for words in self.needs]
+        lists += [("text", texts) for texts in self.needs_text]
+        if not lists:
+            return None
+        kind, words = min(lists, key=lambda kind_words: _commonness(kind_words[1]))
+        if kind == "norm":
+            self.needs = tuple(other for other in self.needs if other is not words)
+        else:
+            self.needs_text = tuple(other for other in self.needs_text if other is not words)
+        return kind, words
+
+    def start_positions(self, t: Tokens) -> Iterable[int]:
+        """Where in the text a match of this pattern could start."""
+        starts = self.starts
+        if starts.anything:
+            return range(len(t))
+        at: list[int] = []
+        for word in t.norm_set.intersection(starts.words):
+            at += t.where[word]
+        if starts.exact and not t.text_set.isdisjoint(starts.exact):
+            at += (i for i, text in enumerate(t.texts) if text in starts.exact)
+        if starts.prefixes:
+            at += (i for i, norm in enumerate(t.norms) if norm.startswith(tuple(starts.prefixes)))
+        if starts.number:
+            at += t.numbers_at
+        if starts.title:
+            at += t.titles_at
+        kinds = bool(starts.words) + bool(starts.exact) + bool(starts.prefixes)
+        return set(at) if kinds + starts.number + starts.title > 1 else at
 
     def longest(self, t: Tokens, start: int) -> int:
         """The end of the longest match starting at start, or -1."""
         norms = t.norms
         n = len(norms)
-        frontier = {start}
-        for slot in self.slots:
+        frontier = {start + self.skip}
+        for slot in self.slots[self.skip :]:
             words = slot.words
             if words is not None and not slot.optional and len(frontier) == 1:
                 # The common case, one place to go on from and a word list: no sets built.
@@ -421,49 +469,156 @@ def _may_match(compiled: _Compiled, norms: frozenset[str], texts: frozenset[str]
     return not compiled.needs_text or all(not texts.isdisjoint(e) for e in compiled.needs_text)
 
 
-# Per first word: its trie node, the patterns it starts whatever follows, and the patterns it
-# starts only before a given word, by that word.
-_Entry = tuple[dict[str, Any] | None, list[_Compiled], dict[str, list[_Compiled]]]
-_NO_ENTRY: _Entry = (None, [], {})
+# Words and marks in nearly every text (the commonest English words, and punctuation):
+# a pattern is armed by a word it needs that is not one of these where it has the choice.
+_COMMON = frozenset(
+    {
+        "a",
+        "an",
+        "and",
+        "are",
+        "as",
+        "at",
+        "be",
+        "been",
+        "but",
+        "by",
+        "did",
+        "do",
+        "does",
+        "for",
+        "from",
+        "had",
+        "has",
+        "have",
+        "he",
+        "her",
+        "him",
+        "his",
+        "i",
+        "if",
+        "in",
+        "is",
+        "it",
+        "its",
+        "me",
+        "my",
+        "no",
+        "not",
+        "of",
+        "on",
+        "or",
+        "our",
+        "she",
+        "so",
+        "than",
+        "that",
+        "the",
+        "their",
+        "them",
+        "then",
+        "there",
+        "they",
+        "this",
+        "to",
+        "too",
+        "was",
+        "we",
+        "were",
+        "what",
+        "when",
+        "which",
+        "who",
+        "will",
+        "with",
+        "would",
+        "you",
+        "your",
+        "'s",
+        ",",
+        ".",
+        "?",
+        "!",
+        "-",
+        "(",
+        ")",
+        ":",
+    }
+)
+
+
+def _commonness(words: frozenset[str]) -> int:
+    return sum(100 if word in _COMMON else 1 for word in words)
+
+
+def _starts_of(slots: tuple[Slot, ...]) -> Starts:
+    """What a match's first token can be (an optional slot lets the next one start)."""
+    starts = Starts()
+    for slot in slots:
+        if slot.gap:
+            return Starts(anything=True)
+        starts |= slot.starts
+        if not slot.optional:
+            return starts
+    return Starts(anything=True)
+
+
+@dataclass
+class _Arming:
+    """Which patterns a text arms, by the words and exact texts in it."""
+
+    by_norm: dict[str, list[_Compiled]] = field(default_factory=dict)
+    by_text: dict[str, list[_Compiled]] = field(default_factory=dict)
+    always: list[_Compiled] = field(default_factory=list)
+    # The keys of by_norm and by_text as sets, made on first use after the last add.
+    words: tuple[frozenset[str], frozenset[str]] | None = None
+
+    def add(self, compiled: _Compiled) -> None:
+        trigger = compiled.arm()
+        if trigger is None:
+            self.always.append(compiled)
+            return
+        kind, words = trigger
+        index = self.by_norm if kind == "norm" else self.by_text
+        for word in words:
+            index.setdefault(word, []).append(compiled)
+        self.words = None
+
+    def armed_by(self, t: Tokens) -> set[_Compiled]:
+        if self.words is None:
+            self.words = frozenset(self.by_norm), frozenset(self.by_text)
+        norms, texts = self.words
+        armed = set(self.always)
+        for word in t.norm_set & norms:
+            armed.update(self.by_norm[word])
+        if texts:
+            for text in t.text_set & texts:
+                armed.update(self.by_text[text])
+        return armed
 
 
 @dataclass
 class RuleSet:
-    """Patterns under keys. Calling it returns every (key, start, end) match, longest per start."""
+    """Patterns under keys. Calling it returns every (key, start, end) match, longest per start.
+
+    Plain phrases are walked along a trie from each word; every other pattern waits until the
+    text holds the rarest word it cannot do without, and is then tried only where its first
+    word is: most texts arm a few dozen of the hundreds of patterns.
+    """
 
     norm: Callable[[str], str]
     _trie: dict[str, Any] = field(default_factory=dict)
-    _by_first: dict[str, list[_Compiled]] = field(default_factory=dict)
-    _by_exact: dict[str, list[_Compiled]] = field(default_factory=dict)
-    _by_prefix: dict[str, list[tuple[str, _Compiled]]] = field(default_factory=dict)
-    _on_number: list[_Compiled] = field(default_factory=list)
-    _on_title: list[_Compiled] = field(default_factory=list)
-    _anywhere: list[_Compiled] = field(default_factory=list)
-    _first: dict[str, _Entry] | None = None  # on first use
+    _arming: _Arming = field(default_factory=_Arming)
 
     def add(self, key: str, patterns: Iterable[str]) -> None:
-        self._first = None
         for pattern in patterns:
             phrases = phrases_of(pattern, self.norm)
             if phrases is not None:
                 for phrase in phrases:
                     self._insert(phrase, key)
                 continue
-            compiled = _Compiled(key, tuple(compile_slot(s, self.norm) for s in slots_of(pattern)))
-            starts = self._starts(compiled.slots)
-            if starts.anything:
-                self._anywhere.append(compiled)
-                continue
-            for word in starts.words:
-                self._by_first.setdefault(word, []).append(compiled)
-            for text in starts.exact:
-                self._by_exact.setdefault(text, []).append(compiled)
-            for prefix in starts.prefixes:
-                self._by_prefix.setdefault(prefix[0], []).append((prefix, compiled))
-            if starts.number:
-                self._on_number.append(compiled)
-            if starts.title:
-                self._on_title.append(compiled)
+            slots = tuple(compile_slot(s, self.norm) for s in slots_of(pattern))
+            self._arming.add(_Compiled(key, slots))
 
     def _insert(self, phrase: tuple[str, ...], key: str) -> None:
         node = self._trie
@@ -472,123 +627,37 @@ class RuleSet:
         keys: set[str] = node.setdefault(KEYS, set())
         keys.add(key)
 
-    @staticmethod
-    def _starts(slots: tuple[Slot, ...]) -> Starts:
-        """What a match's first token can be (an optional slot lets the next one start)."""
-        starts = Starts()
-        for slot in slots:
-            if slot.gap:
-                return Starts(anything=True)
-            starts |= slot.starts
-            if not slot.optional:
-                return starts
-        return Starts(anything=True)
-
     def __call__(self, t: Tokens) -> list[tuple[str, int, int]]:
         found: dict[tuple[str, int], int] = {}
         norms = t.norms
         n = len(norms)
-        first, anywhere = self._first_words(), self._anywhere
-        present, present_text = t.norm_set, t.text_set
-        # Whether each pattern's indispensable words are in the text: asked once per pattern,
-        # though a pattern may be a candidate at many starts.
-        possible: dict[_Compiled, bool] = {}
-        rare = self._rare_starts(t)
+        trie = self._trie
         for start, norm in enumerate(norms):
-            # Most words start no rule: one dict lookup turns them away.
-            entry = first.get(norm)
-            is_rare = bool(rare) and start in rare
-            if entry is None:
-                if not anywhere and not is_rare:
-                    continue
-                entry = _NO_ENTRY
-            node, candidates, by_second = entry
-            following = norms[start + 1] if start + 1 < n else None
-            if by_second and following is not None:
-                # The patterns whose second word must be the word that follows: looked up by
-                # it, rather than each tested against it (a common first word starts dozens).
-                also = by_second.get(following)
-                if also:
-                    candidates = candidates + also
-            if node is not None:  # the plain phrases starting here, along the trie
-                end = start + 1
-                while True:
-                    for key in node.get(KEYS, ()):
-                        if found.get((key, start), 0) < end:
-                            found[(key, start)] = end
-                    if end >= n:
-                        break
-                    node = node.get(norms[end])
-                    if node is None:
-                        break
-                    end += 1
-            if is_rare:
-                candidates = candidates + self._rarer_candidates(t, start)
-            if anywhere:
-                candidates = candidates + anywhere
-            for compiled in candidates:
-                if compiled.second is not None and following not in compiled.second:
-                    continue
-                ok = possible.get(compiled)
-                if ok is None:
-                    ok = possible[compiled] = _may_match(compiled, present, present_text)
-                if not ok:
+            node = trie.get(norm)
+            if node is None:  # most words start no phrase: one dict lookup turns them away
+                continue
+            end = start + 1
+            while True:
+                for key in node.get(KEYS, ()):
+                    if found.get((key, start), 0) < end:
+                        found[(key, start)] = end
+                if end >= n:
+                    break
+                node = node.get(norms[end])
+                if node is None:
+                    break
+                end += 1
+        present, present_text = t.norm_set, t.text_set
+        for compiled in self._arming.armed_by(t):
+            if not _may_match(compiled, present, present_text):
+                continue
+            second = compiled.second
+            for start in compiled.start_positions(t):
+                if second is not None and (start + 1 >= n or norms[start + 1] not in second):
                     continue
                 end = compiled.longest(t, start)
-                if end > start:
-                    key = (compiled.key, start)
-                    found[key] = max(found.get(key, 0), end)
+                if end > start and found.get((compiled.key, start), 0) < end:
+                    found[(compiled.key, start)] = end
         # In text order, then by key: the same answer in every process, whatever the order
         # of the sets and snapshots the patterns came through.
         return sorted((key, start, end) for (key, start), end in found.items())
-
-    def _first_words(self) -> dict[str, _Entry]:
-        """Per word a rule can start with: its trie node, the other patterns it may start, and
-        those of them that need a given second word, by that word."""
-        if self._first is None:
-            first: dict[str, _Entry] = {}
-            for word in set(self._trie) | set(self._by_first):
-                anyhow: list[_Compiled] = []
-                by_second: dict[str, list[_Compiled]] = {}
-                for compiled in self._by_first.get(word, []):
-                    if compiled.second is None:
-                        anyhow.append(compiled)
-                    else:
-                        for after in compiled.second:
-                            by_second.setdefault(after, []).append(compiled)
-                first[word] = (self._trie.get(word), anyhow, by_second)
-            self._first = first
-        return self._first
-
-    def _rare_starts(self, t: Tokens) -> frozenset[int]:
-        """Where a pattern that starts with an exact text, a prefix, a number or a capital may
-        start; most texts hold none of these, which a set test on the whole text tells."""
-        exact = self._by_exact if not t.text_set.isdisjoint(self._by_exact) else None
-        prefixed = None
-        if self._by_prefix and not self._by_prefix.keys().isdisjoint(n[:1] for n in t.norm_set):
-            prefixed = self._by_prefix
-        numbers = bool(self._on_number) and bool(t.numbers_at)
-        titles = bool(self._on_title) and bool(t.titles_at)
-        if not (exact or prefixed or numbers or titles):
-            return frozenset()
-        rare = (t.numbers_at if numbers else frozenset()) | (t.titles_at if titles else frozenset())
-        if exact or prefixed:
-            rare |= frozenset(
-                i
-                for i, (norm, text) in enumerate(zip(t.norms, t.texts, strict=True))
-                if (exact and text in exact) or (prefixed and norm[:1] in prefixed)
-            )
-        return rare
-
-    def _rarer_candidates(self, t: Tokens, start: int) -> list[_Compiled]:
-        candidates = list(self._by_exact.get(t.texts[start], []))
-        norm = t.norms[start]
-        if norm:
-            for prefix, compiled in self._by_prefix.get(norm[0], []):
-                if norm.startswith(prefix):
-                    candidates.append(compiled)
-        if t.like_num[start]:
-            candidates += self._on_number
-        if t.is_title[start]:
-            candidates += self._on_title
-        return candidates

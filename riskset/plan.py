@@ -6,7 +6,7 @@ offered when the person has said they want to cut down, stop, or asked about it.
 
 from __future__ import annotations
 
-from .knowledge import KnowledgeBase
+from .knowledge import KnowledgeBase, Trigger
 from .models import SPECTRUM_ORDER, Finding, PlanItem, UrgentFlag
 from .risk import codes_behind
 
@@ -17,13 +17,14 @@ def make_plan(
     first = [s for flag in urgent for s in _plan_first(flag.id, kb)]
     wants_change = bool(facts & kb.goal_facts)
     behind: dict[tuple[str, ...], list[str]] = {}  # one lookup per set of facts, not per trigger
+    fired_by: dict[str, list[Trigger]] = {}
+    for strategy, trigger in kb.plan_triggers.holding(facts):
+        fired_by.setdefault(strategy.id, []).append(trigger)
     items: list[PlanItem] = []
     for strategy in kb.strategies.values():
         if strategy.needs_goal and not wants_change:
             continue
-        if strategy.wakes is not None and strategy.wakes.isdisjoint(facts) and not first:
-            continue  # none of its triggers can fire: skip testing them one by one
-        fired = [t for t in strategy.triggers if t.when.holds(facts)]
+        fired = fired_by.get(strategy.id, [])
         if not fired and strategy.id not in first:
             continue
         because: list[str] = []

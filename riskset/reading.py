@@ -4,9 +4,10 @@ The pipeline is a blank English tokenizer and four components registered as spaC
 
 - ``riskset_normalizer`` sets each token's NORM: lower case, accents folded, stretched letters
   ("sooo") shrunk, and the spelling table applied, so rules match how people really type;
-- ``riskset_targets`` finds every mention a rule describes (substance aliases, routes, factors);
+- ``riskset_targets`` finds every mention a rule describes (substance aliases, routes, factors)
+  and every context cue, in one pass over the words;
 - ``riskset_context`` gives each mention its status, ConText-style: negated, historical,
-  hypothetical or about someone else, by trigger words whose scope ends where the clause does;
+  hypothetical or about someone else, by the cues whose scope ends where the clause does;
 - ``riskset_findings`` turns mentions into findings: one per code and status, plus the findings
   that follow from others (a camp means unhoused; a break and a return means tolerance loss).
 
@@ -241,6 +242,7 @@ class Reading:
 if not Doc.has_extension("riskset_mentions"):
     Doc.set_extension("riskset_tokens", default=None)
     Doc.set_extension("riskset_mentions", default=None)
+    Doc.set_extension("riskset_cues", default=None)
     Doc.set_extension("riskset_reading", default=None)
 
 
@@ -344,13 +346,14 @@ def as_read(nlp: Language) -> Callable[[Iterable[str]], list[str]]:
 
 
 class TargetMatcher:
-    """Finds every mention: aliases from the knowledge base and the reader's rules."""
+    """Finds every mention (aliases from the knowledge base and the reader's rules), and the
+    context cues that the context component gives them their status by."""
 
     def __init__(self, nlp: Language, kb: KnowledgeBase) -> None:
         rules = reader_rules()
         read_as = as_read(nlp)
-        # Rules and blockers share one rule set, so the text is scanned once; blockers' keys
-        # start with "!", which no code does.
+        # Rules, blockers and context cues share one rule set, so the text is scanned once;
+        # blockers' keys start with "!" and cues' with "^", which no code does.
         self.matcher = RuleSet(normalise_word)
         # One matcher key per rule, so a mention knows which rule (and immunity) found it.
         self.rule_of: dict[str, tuple[str, frozenset[str], bool]] = {}
@@ -372,6 +375,9 @@ class TargetMatcher:
             if blocker.unless:
                 self.matcher.add(f"!unless{i}", read_as(blocker.unless))
         self.blocked_codes = {f"!block{i}": set(b.blocks) for i, b in enumerate(rules.blockers)}
+        for i, trigger in enumerate(rules.context.triggers):
+            self.matcher.add(f"^trigger{i}", read_as(trigger.patterns))
+        self.matcher.add("^pseudo", read_as(rules.context.pseudo))
         self.suppressions = [(s.code, set(s.suppresses)) for s in rules.suppressions]
 
     def _add(
@@ -390,6 +396,7 @@ class TargetMatcher:
         # Per token, the codes a blocker covering it rules out: linear in the text's length.
         blocked: dict[int, set[str]] = {}
         found = self.matcher(tokens)
+        doc._.riskset_cues = [(k[1:], s, e) for k, s, e in found if k[0] == "^"]
         blocking = [match for match in found if match[0][0] == "!"]
         kept = [
             (k.removeprefix("!unless"), s, e) for k, s, e in blocking if k.startswith("!unless")
@@ -404,7 +411,7 @@ class TargetMatcher:
                 blocked.setdefault(i, set()).update(self.blocked_codes[key])
         mentions: list[Mention] = []
         for key, start, end in found:
-            if key[0] == "!":
+            if key[0] in "!^":
                 continue
             code, immune, weak = self.rule_of[key]
             if any(code in blocked.get(i, ()) for i in range(start, end)):
@@ -490,7 +497,7 @@ def _within_pseudo(start: int, end: int, pseudo: list[tuple[int, int]]) -> bool:
 
 @Language.factory("riskset_context")
 def make_context(nlp: Language, name: str) -> ContextReader:
-    return cached("context", lambda: ContextReader(nlp))
+    return cached("context", ContextReader)
 
 
 @dataclass(slots=True)
@@ -498,8 +505,7 @@ class _Scope:
     category: Category
     start: int
     end: int
-    cue: str
-    trigger: tuple[int, int]
+    trigger: tuple[int, int]  # the cue's tokens
     only: frozenset[str] = frozenset()
 
 
@@ -510,11 +516,9 @@ CLAUSE_MARKS = frozenset({",", "-", "--", "—", "–", "(", ")", ":"})
 class ContextReader:
     """Gives each mention its status from the trigger words around it (after ConText)."""
 
-    def __init__(self, nlp: Language) -> None:
+    def __init__(self) -> None:
         context = reader_rules().context
         self.rules = context
-        self.matcher = RuleSet(normalise_word)
-        read_as = as_read(nlp)
         self.triggers: dict[str, Trigger] = {}
         self.stop_words: dict[str, set[str]] = {}
         self.from_words: dict[str, set[str]] = {}
@@ -525,8 +529,6 @@ class ContextReader:
             self.stop_words[key] = {fold(w) for w in trigger.stop_at}
             self.from_words[key] = {fold(w) for w in trigger.from_words}
             self.only[key] = frozenset(trigger.only)
-            self.matcher.add(key, read_as(trigger.patterns))
-        self.matcher.add("pseudo", read_as(context.pseudo))
         self.terminators = {normalise_word(w) for w in context.terminators}
         self.not_ending = {
             normalise_word(w): {normalise_word(after) for after in words}
@@ -553,7 +555,7 @@ class ContextReader:
             for i in {*range(scope.start, scope.end), *range(*scope.trigger)}:
                 covering.setdefault(i, []).append(scope)
         for mention in mentions:
-            self.assign(mention, covering.get(mention.start, []))
+            self.assign(mention, covering.get(mention.start, []), tokens)
         return doc
 
     def other_person_scopes(self, t: Tokens, clause: list[int]) -> list[_Scope]:
@@ -577,7 +579,7 @@ class ContextReader:
                 end = i + 1
                 while end < len(t) and clause[end] == clause[i] and people[end] != main:
                     end += 1
-                scopes.append(_Scope("other", i, end, t.texts[i], (i, i + 1)))
+                scopes.append(_Scope("other", i, end, (i, i + 1)))
         return scopes
 
     def clause_bounds(self, t: Tokens) -> tuple[list[int], list[int]]:
@@ -617,7 +619,7 @@ class ContextReader:
         self, doc: Doc, t: Tokens, clause: list[int], sentence: list[int]
     ) -> Iterator[_Scope]:
         ends = {m.end - 1 for m in doc._.riskset_mentions or []}
-        matches = self.matcher(t)
+        matches: list[tuple[str, int, int]] = doc._.riskset_cues or []  # found by the targets
         pseudo = [(s, e) for k, s, e in matches if k == "pseudo"]
         found = [(k, s, e) for k, s, e in matches if k != "pseudo"]
         # Longest trigger first, so "no longer" is not also read as "no"; of two with the same
@@ -634,7 +636,6 @@ class ContextReader:
             if _within_pseudo(start, end, pseudo) or any((i, kind) in taken for i in span):
                 continue
             taken.update((i, kind) for i in span)
-            cue = t.quote(start, end)[0]
             # A forward scope runs in the clause where the trigger ends: "Partner still smokes"
             # holds a terminator, yet the smoking is still the partner's.
             bounds = sentence if trigger.reach == "sentence" else clause
@@ -652,7 +653,7 @@ class ContextReader:
                     and not (trigger.comma_ends and t.norms[stop] == "," and stop - 1 not in ends)
                 ):
                     stop += 1
-                yield _Scope(trigger.category, end, stop, cue, (start, end), self.only[key])
+                yield _Scope(trigger.category, end, stop, (start, end), self.only[key])
             if trigger.direction in ("backward", "both"):
                 begin = start
                 while begin > 0 and begin > start - trigger.window and bounds[begin - 1] == here:
@@ -664,9 +665,9 @@ class ContextReader:
                     if not asked:
                         continue
                     begin = asked[-1]
-                yield _Scope(trigger.category, begin, start, cue, (start, end), self.only[key])
+                yield _Scope(trigger.category, begin, start, (start, end), self.only[key])
 
-    def assign(self, mention: Mention, scopes: list[_Scope]) -> None:
+    def assign(self, mention: Mention, scopes: list[_Scope], t: Tokens) -> None:
         immune = self.immune.get(mention.code, set()) | mention.immune
         reaching = [
             s
@@ -696,7 +697,7 @@ class ContextReader:
                 return
             strongest = min(rest, key=lambda s: PRECEDENCE.index(s.category))
         mention.status = STATUS_OF[strongest.category]
-        mention.cue = strongest.cue
+        mention.cue = t.quote(*strongest.trigger)[0]
 
 
 @Language.factory("riskset_findings")

@@ -192,9 +192,7 @@ def overdose_risk(
     reasons: list[RiskReason] = []
     every = [*findings, *signs]
     words = words_by_fact(every)
-    for factor in kb.risk.factors:
-        if not factor.when.holds(facts):
-            continue
+    for factor in kb.risk_factors.holding(facts):
         because, evidence = grounds(factor.when, facts, every, kb, words)
         reasons.append(
             RiskReason(
@@ -211,8 +209,8 @@ def overdose_risk(
     for candidate in LEVEL_ORDER:
         if score >= kb.risk.thresholds[candidate]:
             level = candidate
-    for floor in kb.risk.floors:
-        if floor.when.holds(facts) and LEVEL_ORDER.index(floor.level) > LEVEL_ORDER.index(level):
+    for floor in kb.risk_floors.holding(facts):
+        if LEVEL_ORDER.index(floor.level) > LEVEL_ORDER.index(level):
             level = floor.level
             because, evidence = grounds(floor.when, facts, every, kb, words)
             reasons.append(
@@ -234,19 +232,18 @@ def urgent_flags(
 ) -> list[UrgentFlag]:
     flags: list[UrgentFlag] = []
     every = [*findings, *signs]
-    for urgent in kb.urgent:
-        if urgent.when.holds(facts):
-            because, evidence = grounds(urgent.when, facts, every, kb)
-            flags.append(
-                UrgentFlag(
-                    id=urgent.id,
-                    title=urgent.title,
-                    what_to_do=urgent.what_to_do,
-                    because=because,
-                    evidence=evidence,
-                    source=urgent.source,
-                )
+    for urgent in kb.urgent_by_fact.holding(facts):
+        because, evidence = grounds(urgent.when, facts, every, kb)
+        flags.append(
+            UrgentFlag(
+                id=urgent.id,
+                title=urgent.title,
+                what_to_do=urgent.what_to_do,
+                because=because,
+                evidence=evidence,
+                source=urgent.source,
             )
+        )
     return flags
 
 
@@ -261,6 +258,5 @@ def connected_harms(
             because=codes_behind(h.when.matched(facts), findings, kb),
             source=h.source,
         )
-        for h in kb.harms
-        if h.when.holds(facts)
+        for h in kb.harms_by_fact.holding(facts)
     ]
