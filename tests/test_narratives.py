@@ -21,34 +21,34 @@ from .conftest import SHARED
 HERE = Path(__file__).parent / "narratives"
 FLOORS = {
     "labelled.jsonl": {
-        "f1": 0.92,
+        "f1": 0.93,
         "negation_errors": 13,
         "risk_agreement": 0.82,
         "plan_recall": 0.91,
     },
     "heldout.jsonl": {
-        "f1": 0.92,
+        "f1": 0.93,
         "negation_errors": 11,
         "risk_agreement": 0.82,
         "plan_recall": 0.85,
     },
     # Written blind to the rules in session 2; read 0.817 F1 before any rule saw it.
     "fresh.jsonl": {
-        "f1": 0.85,
+        "f1": 0.86,
         "negation_errors": 14,
         "risk_agreement": 0.84,
         "plan_recall": 0.83,
     },
     # Written blind to the rules in session 3; read 0.829 F1 (34 negation errors) before.
     "fresh2.jsonl": {
-        "f1": 0.90,
+        "f1": 0.91,
         "negation_errors": 12,
         "risk_agreement": 0.83,
         "plan_recall": 0.88,
     },
     # Written blind at the end of session 3; read 0.803 F1 (40 negation errors) before.
     "fresh3.jsonl": {
-        "f1": 0.91,
+        "f1": 0.92,
         "negation_errors": 15,
         "risk_agreement": 0.84,
         "plan_recall": 0.90,
@@ -62,33 +62,41 @@ FLOORS = {
     },
     # Written blind at the end of session 4; never tuned on (0.847 F1).
     "fresh5.jsonl": {
-        "f1": 0.83,
+        "f1": 0.85,
         "negation_errors": 29,
-        "risk_agreement": 0.74,
-        "plan_recall": 0.80,
+        "risk_agreement": 0.76,
+        "plan_recall": 0.82,
     },
     # Written blind at the end of session 4, informal texts and self-checks; read 0.799 F1
     # (60 negation errors) before it was tuned on.
     "fresh6.jsonl": {
-        "f1": 0.81,
+        "f1": 0.84,
         "negation_errors": 36,
         "risk_agreement": 0.71,
         "plan_recall": 0.81,
     },
-    # Written blind at the end of session 4, worker notes in clinical shorthand; never tuned
-    # on (0.781 F1 on first reading).
+    # Written blind at the end of session 4, worker notes in clinical shorthand; read 0.781
+    # F1 (45 negation errors) on first reading, then tuned on in session 5.
     "fresh7.jsonl": {
-        "f1": 0.76,
-        "negation_errors": 48,
-        "risk_agreement": 0.70,
-        "plan_recall": 0.75,
+        "f1": 0.87,
+        "negation_errors": 28,
+        "risk_agreement": 0.77,
+        "plan_recall": 0.86,
+    },
+    # Written blind in session 5 in the development set's styles; read 0.858 F1 (36 negation
+    # errors) before it was tuned on.
+    "fresh8.jsonl": {
+        "f1": 0.87,
+        "negation_errors": 32,
+        "risk_agreement": 0.85,
+        "plan_recall": 0.88,
     },
     # Never inspected: only its figures are ever looked at.
     "blind.jsonl": {
-        "f1": 0.85,
+        "f1": 0.86,
         "negation_errors": 26,
         "risk_agreement": 0.81,
-        "plan_recall": 0.84,
+        "plan_recall": 0.86,
     },
 }
 
