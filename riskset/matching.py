@@ -359,8 +359,7 @@ def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
 class _Compiled:
     key: str
     slots: tuple[Slot, ...]
-    # When the first two slots are plain word lists, the second's words: the word after a
-    # start must be one of them, a cheap test that turns most candidates away.
+    # The words the token after a start can be, when the pattern says (see _next_words).
     second: frozenset[str] | None = None
     # How many of the first slots a start's position already satisfies.
     skip: int = 0
@@ -377,13 +376,17 @@ class _Compiled:
         self.needs_text = tuple(a[1] for a in anchors if a and a[0] == "text")
         self.starts = _starts_of(self.slots)
         first = self.slots[0]
-        if first.words is None or first.optional:
+        if first.optional or first.gap or any(len(choice) != 1 for choice in first.choices):
+            return
+        # The first slot takes one word, so the word after a start must be one the rest of the
+        # pattern can begin with: a set test that turns most starts away.
+        self.second = _next_words(self.slots[1:])
+        if first.words is None:
             return
         # A start is only ever tried where one of the first slot's words is, so matching
         # begins at the second slot (or the third, once the second word has been checked).
         self.skip = 1
         if len(self.slots) > 1 and not self.slots[1].optional and self.slots[1].words is not None:
-            self.second = self.slots[1].words
             self.skip = 2
 
     def arm(self) -> tuple[str, frozenset[str]] | None:
@@ -459,6 +462,51 @@ class _Compiled:
                 return -1
             frontier = reached
         return max(frontier)
+
+
+def _first_slot_apart(pattern: str) -> list[str]:
+    """A pattern whose required first slot mixes single words with phrases or tests ("her|his|
+    d's friend ..."), as one pattern per kind: the same matches, and each part knows the one
+    word its start must be and what may follow it."""
+    slots = slots_of(pattern)
+    first = slots[0]
+    if first.endswith("?") or first.startswith("..") or "/" in first:
+        return [pattern]
+    singles: list[str] = []
+    others: list[str] = []
+    for alt in split_top(first):
+        inner = alt[1:-1] if alt.startswith("(") and alt.endswith(")") else alt
+        for phrase in split_top(inner):
+            words = [w for word in phrase.split() for w in split_clitic(word)]
+            if len(words) == 1 and is_plain(words[0]):
+                singles.append(words[0])
+            else:
+                others.append(phrase)
+    if not others:
+        return [pattern]
+    rest = slots[1:]
+    parts = [" ".join(["|".join(singles), *rest])] if singles else []
+    for other in others:
+        # A phrase of plain words becomes one slot a word: its second word then screens starts.
+        plain = all(is_plain(w) for word in other.split() for w in split_clitic(word))
+        parts.append(" ".join([other if plain else f"({other})", *rest]))
+    return parts if len(parts) > 1 or parts[0] != pattern else [pattern]
+
+
+def _next_words(slots: tuple[Slot, ...]) -> frozenset[str] | None:
+    """The words a match of these slots can begin with, or None when that is not a word list
+    (a gap, a test, or nothing required at all)."""
+    words: frozenset[str] = frozenset()
+    for slot in slots:
+        starts = slot.starts
+        if slot.gap or starts.anything or starts.exact or starts.prefixes:
+            return None
+        if starts.number or starts.title:
+            return None
+        words |= starts.words
+        if not slot.optional:
+            return words
+    return None
 
 
 def _may_match(compiled: _Compiled, norms: frozenset[str], texts: frozenset[str]) -> bool:
@@ -616,6 +664,10 @@ class RuleSet:
             if phrases is not None:
                 for phrase in phrases:
                     self._insert(phrase, key)
+                continue
+            parts = _first_slot_apart(pattern)
+            if len(parts) > 1:
+                self.add(key, parts)
                 continue
             slots = tuple(compile_slot(s, self.norm) for s in slots_of(pattern))
             self._arming.add(_Compiled(key, slots))
