@@ -86,9 +86,17 @@ FLOORS = {
     # Written blind in session 5 in the development set's styles; read 0.858 F1 (36 negation
     # errors) before it was tuned on.
     "fresh8.jsonl": {
-        "f1": 0.87,
+        "f1": 0.88,
         "negation_errors": 32,
-        "risk_agreement": 0.85,
+        "risk_agreement": 0.87,
+        "plan_recall": 0.90,
+    },
+    # Written blind in session 5, ordinary language in the development set's styles; read
+    # 0.847 F1 (29 negation errors) before it was tuned on.
+    "fresh9.jsonl": {
+        "f1": 0.86,
+        "negation_errors": 30,
+        "risk_agreement": 0.82,
         "plan_recall": 0.88,
     },
     # Never inspected: only its figures are ever looked at.
