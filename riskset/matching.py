@@ -223,6 +223,17 @@ def is_plain(word: str) -> bool:
     return not (special or word.endswith("*"))
 
 
+def _choices(body: str) -> list[tuple[str, list[str]]]:
+    """A slot's choices, each as written and as the tokens it stands for: "a|(b c)|d's" is
+    a, "b c" and "d 's"."""
+    choices: list[tuple[str, list[str]]] = []
+    for alt in split_top(body):
+        inner = alt[1:-1] if alt.startswith("(") and alt.endswith(")") else alt
+        for phrase in split_top(inner):
+            choices.append((phrase, [w for word in phrase.split() for w in split_clitic(word)]))
+    return choices
+
+
 def phrases_of(pattern: str, norm: Callable[[str], str]) -> list[tuple[str, ...]] | None:
     """The word sequences a pattern stands for, if it is only words, choices and optionals."""
     variants: list[tuple[str, ...]] = [()]
@@ -230,13 +241,10 @@ def phrases_of(pattern: str, norm: Callable[[str], str]) -> list[tuple[str, ...]
         optional = slot.endswith("?") and slot != "\\?"
         body = slot[:-1] if optional else slot
         choices: list[tuple[str, ...]] = []
-        for alt in split_top(body):
-            inner = alt[1:-1] if alt.startswith("(") and alt.endswith(")") else alt
-            for phrase in split_top(inner):
-                words = [w for word in phrase.split() for w in split_clitic(word)]
-                if not all(is_plain(w) for w in words):
-                    return None
-                choices.append(tuple(norm(w) for w in words))
+        for _, words in _choices(body):
+            if not all(is_plain(w) for w in words):
+                return None
+            choices.append(tuple(norm(w) for w in words))
         if optional:
             choices.append(())
         variants = [v + c for v in variants for c in choices]
@@ -322,16 +330,13 @@ def compile_slot(slot: str, norm: Callable[[str], str]) -> Slot:
     plain: list[str] = []
     choices: list[tuple[Test, ...]] = []
     starts = Starts()
-    for alt in split_top(body):
-        inner = alt[1:-1] if alt.startswith("(") and alt.endswith(")") else alt
-        for phrase in split_top(inner):
-            words = [w for word in phrase.split() for w in split_clitic(word)]
-            if len(words) == 1 and is_plain(words[0]):
-                plain.append(words[0])
-                continue
-            tests = [_test(w, norm) for w in words]
-            choices.append(tuple(t for t, _ in tests))
-            starts |= tests[0][1]
+    for _, words in _choices(body):
+        if len(words) == 1 and is_plain(words[0]):
+            plain.append(words[0])
+            continue
+        tests = [_test(w, norm) for w in words]
+        choices.append(tuple(t for t, _ in tests))
+        starts |= tests[0][1]
     only_words = None
     if plain:
         test, first = _test("|".join(plain), norm)
@@ -473,23 +478,20 @@ def _first_slot_apart(pattern: str) -> list[str]:
     if first.endswith("?") or first.startswith("..") or "/" in first:
         return [pattern]
     singles: list[str] = []
-    others: list[str] = []
-    for alt in split_top(first):
-        inner = alt[1:-1] if alt.startswith("(") and alt.endswith(")") else alt
-        for phrase in split_top(inner):
-            words = [w for word in phrase.split() for w in split_clitic(word)]
-            if len(words) == 1 and is_plain(words[0]):
-                singles.append(words[0])
-            else:
-                others.append(phrase)
+    others: list[tuple[str, list[str]]] = []
+    for phrase, words in _choices(first):
+        if len(words) == 1 and is_plain(words[0]):
+            singles.append(words[0])
+        else:
+            others.append((phrase, words))
     if not others:
         return [pattern]
     rest = slots[1:]
     parts = [" ".join(["|".join(singles), *rest])] if singles else []
-    for other in others:
+    for phrase, words in others:
         # A phrase of plain words becomes one slot a word: its second word then screens starts.
-        plain = all(is_plain(w) for word in other.split() for w in split_clitic(word))
-        parts.append(" ".join([other if plain else f"({other})", *rest]))
+        plain = all(is_plain(w) for w in words)
+        parts.append(" ".join([phrase if plain else f"({phrase})", *rest]))
     return parts if len(parts) > 1 or parts[0] != pattern else [pattern]
 
 
