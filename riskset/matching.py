@@ -171,6 +171,34 @@ def slots_of(pattern: str) -> list[str]:
     return _split_outside_parens(pattern, str.isspace)
 
 
+def check_choices(pattern: str) -> None:
+    """Refuse a pattern whose choices look like phrases written without parentheses.
+
+    "can not|cannot stop" is read slot by slot as "can", "not|cannot", "stop": it loads, and
+    never matches "cannot stop". The telltale is one word offered in two choice slots side by
+    side ("cant|couldnt find|hit" is fine; "moved in|moved back in" offers "moved" twice). A
+    slot meant as written can be put in parentheses, which this check trusts.
+    """
+    slots = slots_of(pattern)
+    offered = [_bare_choice_words(slot) for slot in slots]
+    for i in range(len(slots) - 1):
+        both = offered[i] & offered[i + 1]
+        if both:
+            raise PatternError(
+                f"{pattern!r}: {sorted(both)[0]!r} is a choice in both {slots[i]!r} and"
+                f" {slots[i + 1]!r}; a choice of several words needs parentheses"
+                " ('(can not|cannot) stop'), and a slot meant as written can be put in them"
+            )
+
+
+def _bare_choice_words(slot: str) -> frozenset[str]:
+    """The one-word choices of a slot of choices written without parentheses around it."""
+    body = slot[:-1] if slot.endswith("?") else slot
+    if body.startswith("/") or len(split_top(body)) < 2:  # a regex, one choice, or (...)
+        return frozenset()
+    return frozenset(words[0] for _, words in _choices(body) if len(words) == 1)
+
+
 def split_clitic(word: str) -> list[str]:
     # The tokenizer reads "friend's" as "friend" + "'s"; so must the patterns.
     if len(word) > 2 and word.count("'") == 1 and word[0].isalnum():
@@ -662,6 +690,7 @@ class RuleSet:
 
     def add(self, key: str, patterns: Iterable[str]) -> None:
         for pattern in patterns:
+            check_choices(pattern)
             phrases = phrases_of(pattern, self.norm)
             if phrases is not None:
                 for phrase in phrases:

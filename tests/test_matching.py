@@ -66,6 +66,26 @@ def test_broken_pattern_is_refused() -> None:
         RuleSet(str.lower).add("k", ["(a b"])
 
 
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "can not|could not|cannot stop",
+        "lives|stays|moved in|moved back in with",
+        "day|days off|of no|into no|sober",
+    ],
+)
+def test_phrase_choices_without_parentheses_are_refused(pattern: str) -> None:
+    # Each loads as slots of single words and would never match the phrase it was meant for.
+    with pytest.raises(PatternError, match="needs parentheses"):
+        RuleSet(str.lower).add("k", [pattern])
+
+
+def test_choices_meant_as_written_load_in_parentheses() -> None:
+    # "half" as an amount and as what was shot: the same word in two slots, on purpose.
+    assert matches("shot (a|half) bag|half", "shot a half") == ["shot a half"]
+    assert matches("(can not|cannot) stop|quit", "i cannot stop") == ["cannot stop"]
+
+
 def test_rule_words_are_rewritten_as_the_tokenizer_reads_them() -> None:
     split = {"gonna": ["going", "to"], "dont": ["do", "not"], "w/d": ["w", "/", "d"]}.get
     # As a slot's choice a split word stays one choice; inside a phrase its tokens follow on.
