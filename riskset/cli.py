@@ -164,11 +164,11 @@ def _batches(size: int = 512) -> Iterator[list[str]]:
 
 
 def _assess_jsonl(workers: int) -> None:
-    from .reading import keep_loaded
+    from .reading import load
 
     out = sys.stdout
     if workers == 1:
-        keep_loaded()
+        load()
         for batch in _batches():
             out.write("\n".join(assess_lines(batch)) + "\n")
             out.flush()
@@ -176,7 +176,7 @@ def _assess_jsonl(workers: int) -> None:
     import multiprocessing
 
     # Each worker builds its own pipeline once; imap keeps the output in input order.
-    with multiprocessing.get_context("fork").Pool(workers, initializer=keep_loaded) as pool:
+    with multiprocessing.get_context("fork").Pool(workers, initializer=load) as pool:
         for lines in pool.imap(assess_lines, _batches(256)):
             out.write("\n".join(lines) + "\n")
             out.flush()

@@ -815,7 +815,7 @@ LOCK = threading.Lock()
 
 @cache
 def load() -> Language:
-    """The reading pipeline, assembled once per process."""
+    """The reading pipeline, assembled once per process and kept for its lifetime."""
     import spacy
 
     # Building makes a few hundred thousand objects that all live as long as the process
@@ -830,17 +830,9 @@ def load() -> Language:
     finally:
         if was_collecting:
             gc.enable()
-    return nlp
-
-
-def keep_loaded() -> Language:
-    """The pipeline, and the garbage collector told that all that is built is here to stay.
-
-    The knowledge base and the compiled rules are hundreds of thousands of objects that live as
-    long as the process; without this every full collection walks them all again (a few per
-    cent of a batch's time). For long runs (a server, a batch): frozen objects are never freed.
-    """
-    nlp = load()
+    # And so would every full collection after it: the first one, soon after, costs a cold
+    # one-narrative call 60 ms, and a batch a few per cent of its time. Frozen, they are
+    # never walked again (and never freed, which they would not be anyway).
     gc.freeze()
     return nlp
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import itertools
 import json
 import logging
@@ -1242,7 +1243,7 @@ def _warm_up() -> None:
     code_book(load_knowledge())
     for name in ENV.list_templates(extensions=["html"]):
         ENV.get_template(name)
-    reading.keep_loaded()  # all of the above lives as long as the server
+    gc.freeze()  # all of the above lives as long as the server: no collection need walk it
 
 
 @asynccontextmanager

@@ -50,11 +50,11 @@ def in_process_rates(stdin: str) -> tuple[float, float]:
     as ``riskset.read``), and the whole assessment written as JSON lines (as ``assess --jsonl``).
     The best of three runs, so another program's burst of work counts less."""
     from riskset.cli import assess_lines
-    from riskset.reading import keep_loaded, read_many
+    from riskset.reading import load, read_many
 
     lines = stdin.splitlines()
     texts = [json.loads(line)["text"] for line in lines]
-    keep_loaded()  # as `riskset assess --jsonl` and the server do
+    load()
     assess_lines(lines[:20])  # build the pipeline first: this measures steady reading
 
     def rate(work: Callable[[], object]) -> float:
