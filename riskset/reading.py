@@ -70,6 +70,11 @@ class Rule(_Strict):
         description="a hint, not a statement: it gives way when the text denies the finding"
         " elsewhere (a visit to the syringe program, but 'would never inject')",
     )
+    yields_to: list[str] = Field(
+        default_factory=list,
+        description="codes that, plainly present, make this hint give way too (a syringe"
+        " program visit, but 'smokes crack, wanted stems')",
+    )
 
 
 class Blocker(_Strict):
@@ -164,6 +169,21 @@ def reader_rules() -> ReaderRules:
         raise KnowledgeError(f"reader.yaml: {err}") from err
 
 
+def check_codes(rules: ReaderRules, kb: KnowledgeBase) -> None:
+    """Every code the reader's rules name must be a finding riskset knows (or one of the
+    reader's own internal codes): a misspelt code would be found and never shown, or never
+    found at all."""
+    known = {*kb.codes, *(s.code for s in kb.substances.values()), *rules.internal_codes}
+    named = [(f"rule {r.code}", [r.code, *r.yields_to]) for r in rules.rules]
+    named += [(f"blocker {b.patterns[0]!r}", b.blocks) for b in rules.blockers]
+    named += [(f"suppression {s.code}", [s.code, *s.suppresses]) for s in rules.suppressions]
+    named += [(f"trigger {t.patterns[0]!r}", t.only) for t in rules.context.triggers]
+    named += [(f"derivation {d.code}", [d.code, *d.evidence_from]) for d in rules.derivations]
+    unknown = [f"{where}: {code}" for where, codes in named for code in codes if code not in known]
+    if unknown:
+        raise KnowledgeError("reader.yaml names unknown codes: " + "; ".join(unknown))
+
+
 # ---------------------------------------------------------------------------------------------
 # Normalising what people type
 
@@ -230,6 +250,7 @@ class Mention:
     derived: bool = False
     immune: frozenset[str] = frozenset()
     weak: bool = False
+    yields_to: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -351,12 +372,13 @@ class TargetMatcher:
 
     def __init__(self, nlp: Language, kb: KnowledgeBase) -> None:
         rules = reader_rules()
+        check_codes(rules, kb)
         read_as = as_read(nlp)
         # Rules, blockers and context cues share one rule set, so the text is scanned once;
         # blockers' keys start with "!" and cues' with "^", which no code does.
         self.matcher = RuleSet(normalise_word)
         # One matcher key per rule, so a mention knows which rule (and immunity) found it.
-        self.rule_of: dict[str, tuple[str, frozenset[str], bool]] = {}
+        self.rule_of: dict[str, tuple[str, frozenset[str], bool, frozenset[str]]] = {}
         for substance in kb.substances.values():
             self._add(substance.code, substance.code, read_as(substance.aliases), frozenset())
             self.matcher.add(
@@ -369,6 +391,7 @@ class TargetMatcher:
                 read_as(rule.patterns),
                 frozenset(rule.immune),
                 rule.weak,
+                frozenset(rule.yields_to),
             )
         for i, blocker in enumerate(rules.blockers):
             self.matcher.add(f"!block{i}", read_as(blocker.patterns))
@@ -387,8 +410,9 @@ class TargetMatcher:
         patterns: Iterable[str],
         immune: frozenset[str],
         weak: bool = False,
+        yields_to: frozenset[str] = frozenset(),
     ) -> None:
-        self.rule_of[key] = (code, immune, weak)
+        self.rule_of[key] = (code, immune, weak, yields_to)
         self.matcher.add(key, patterns)
 
     def __call__(self, doc: Doc) -> Doc:
@@ -413,10 +437,12 @@ class TargetMatcher:
         for key, start, end in found:
             if key[0] in "!^":
                 continue
-            code, immune, weak = self.rule_of[key]
+            code, immune, weak, yields_to = self.rule_of[key]
             if any(code in blocked.get(i, ()) for i in range(start, end)):
                 continue
-            mentions.append(Mention(code, start, end, immune=immune, weak=weak))
+            mentions.append(
+                Mention(code, start, end, immune=immune, weak=weak, yields_to=yields_to)
+            )
         doc._.riskset_mentions = self._suppress(_longest_per_code(mentions))
         return doc
 
@@ -472,11 +498,15 @@ def _ends_sentence(t: Tokens, i: int) -> bool:
 
 
 def _without_overruled_hints(mentions: list[Mention]) -> list[Mention]:
-    """A weak mention gives way to the same code plainly denied."""
-    overruled = {m.code for m in mentions if not m.weak and m.status is Status.absent}
-    if not overruled:
-        return mentions
-    return [m for m in mentions if not (m.weak and m.code in overruled)]
+    """A weak mention gives way to the same code plainly denied, and to a code it yields to
+    plainly present ("SEP" hints at injecting, unless the note says the person smokes)."""
+    denied = {m.code for m in mentions if not m.weak and m.status is Status.absent}
+    said = {m.code for m in mentions if not m.weak and m.status is Status.present}
+    return [
+        m
+        for m in mentions
+        if not (m.weak and (m.code in denied or not m.yields_to.isdisjoint(said)))
+    ]
 
 
 def _most_common(people: list[str | None]) -> str | None:

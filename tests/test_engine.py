@@ -78,6 +78,29 @@ def test_dangerous_mix_raises_risk_and_plans_avoid_mixing() -> None:
     assert "avoid_mixing" in {p.strategy for p in a.plan}
 
 
+@pytest.mark.parametrize(
+    ("text", "strategy"),
+    [
+        # Carrying naloxone: where to keep it and who should know.
+        ("i keep my narcan in my car, i use at my apartment", "naloxone"),
+        # Keeping alcohol away from downers is worth backing up.
+        ("takes a couple xanax at night, never with alcohol", "avoid_mixing"),
+        # Too much of a stimulant is an overdose too.
+        ("up 3 days on meth, chest hurts, heart pounding", "overdose_response"),
+        ("asked for narcan, her son shoots up in his room", "overdose_response"),
+        # Planning to use something new: a little first.
+        ("me and my friends want to do acid this weekend, first time", "start_low"),
+    ],
+)
+def test_plan_meets_the_situation(text: str, strategy: str) -> None:
+    assert strategy in {p.strategy for p in assess(text).plan}
+
+
+def test_methadone_alone_is_moderate_and_ghb_adds_to_risk() -> None:
+    assert assess("on methadone 80mg, stable, nothing else").overdose_risk.level == "moderate"
+    assert assess("does G at parties most weekends").overdose_risk.level == "moderate"
+
+
 def test_cannabis_alone_is_low_risk_without_naloxone() -> None:
     a = assess("Smokes weed every day. No other substance use reported.")
     assert a.overdose_risk.level == "low"

@@ -192,6 +192,9 @@ def test_text_no_reader_can_use_is_refused_with_a_reason() -> None:
         ("narcan 0.4 IM given by EMS, came around", "route:injection"),
         ("grabbed cookers and alcohol pads from the van", "substance:alcohol"),
         ("Pregnant? No, had her tubes tied years ago.", "pregnant"),
+        # A syringe program visit or a rig hints at injecting, but not over another route.
+        ("SSP visit: smokes tina on weekends, wanted 10 stems", "route:injection"),
+        ("he shoots, i dont. i just smoke the rock. stop asking me for a rig", "route:injection"),
     ],
 )
 def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> None:
@@ -221,6 +224,7 @@ def test_words_that_look_like_a_finding_but_are_not(text: str, code: str) -> Non
         ("her boyfriend won't let her leave the apartment", "violence_risk"),
         ("down to 2 bags a day from 6, wants to keep going", "goal_reduce"),
         ("he skin pops now, no veins left", "route:injection"),
+        ("SSP visit, took a box of 100 and cottons", "route:injection"),
         ("been sniffing K most nights by myself", "substance:ketamine"),
         ("taking six a day, more than prescribed", "high_dose"),
         ("on the same rig for the 4th day", "equipment_sharing"),
@@ -285,3 +289,15 @@ def test_someone_else_overdosing_now_is_the_most_urgent_situation() -> None:
     a = riskset.assess("my brother is nodding out on the couch and his lips look kinda gray")
     assert a.overdose_risk.level.value == "very_high"
     assert "overdose_response" in {p.strategy for p in a.plan}
+
+
+def test_a_rule_naming_an_unknown_code_is_refused() -> None:
+    from riskset.knowledge import KnowledgeError
+    from riskset.knowledge import load as load_knowledge
+    from riskset.reading import check_codes, reader_rules
+
+    rules = reader_rules()
+    misspelt = rules.rules[0].model_copy(update={"code": "route:injektion"})
+    broken = rules.model_copy(update={"rules": [misspelt]})
+    with pytest.raises(KnowledgeError, match="route:injektion"):
+        check_codes(broken, load_knowledge())
