@@ -88,6 +88,8 @@ def test_dangerous_mix_raises_risk_and_plans_avoid_mixing() -> None:
         # Too much of a stimulant is an overdose too.
         ("up 3 days on meth, chest hurts, heart pounding", "overdose_response"),
         ("asked for narcan, her son shoots up in his room", "overdose_response"),
+        # Already on treatment: getting the dose back is their own path, not a push.
+        ("ran out of my bupe friday, clinic closed til monday, getting sick", "moud"),
         # Planning to use something new: a little first.
         ("me and my friends want to do acid this weekend, first time", "start_low"),
     ],
