@@ -54,6 +54,8 @@ class Tokens:
     # The text the tokens came from, when they do not cover all of it (the reader leaves out
     # quote marks): quotes are cut from it.
     text: str = ""
+    # Per token, whether it was inside quote marks (empty when the text held none).
+    quoted: Sequence[bool] = ()
     # What the whole text holds, which each rule set asks before it matches anything.
     norm_set: frozenset[str] = field(init=False, repr=False)
     text_set: frozenset[str] = field(init=False, repr=False)

@@ -138,6 +138,11 @@ class ContextRules(_Strict):
         default_factory=dict, description="pronouns by the person they point at"
     )
     subjects: list[str] = Field(default_factory=list, description="pronouns that start a clause")
+    speaker: str = Field(
+        "",
+        description="the person (a key of persons) a quote's speaker calls themselves: inside"
+        " quote marks it names whoever speaks, not the writer",
+    )
     clause_starters: list[str]
     triggers: list[Trigger]
     pseudo: list[str] = Field(
@@ -312,13 +317,17 @@ class Normalizer:
                         cache_[keys[i]] = entry
                 entries.append(entry)
         offsets, spaces = columns[:, 2].tolist(), columns[:, 3].tolist()
+        quoted: list[bool] = []
         if not QUOTE_MARKS.isdisjoint(map(_NORM_OF, entries)):
             # Quote marks say nothing to the rules and would come between words they match
             # ("fent + 'bars' daily"), so they are left out; spans are then cut from the text.
+            # What they held is remembered: a quoted "I" is the person quoted, not the writer.
+            inside = _inside_quotes([entry[0] for entry in entries])
             kept = [i for i, entry in enumerate(entries) if entry[0] not in QUOTE_MARKS]
             entries = [entries[i] for i in kept]
             offsets = [offsets[i] for i in kept]
             spaces = [spaces[i] for i in kept]
+            quoted = [inside[i] for i in kept]
             if not entries:
                 doc._.riskset_tokens = Tokens([], [], [], [])
                 return doc
@@ -327,7 +336,7 @@ class Normalizer:
         # afresh on each call, and most texts hold none).
         text = doc.text if len(offsets) < len(columns) else ""
         doc._.riskset_tokens = Tokens(
-            norms, texts, like_num, is_title, offsets, spaces, stops, skippable, text
+            norms, texts, like_num, is_title, offsets, spaces, stops, skippable, text, quoted
         )
         return doc
 
@@ -336,6 +345,23 @@ class Normalizer:
         text = lexeme.orth_
         norm = rule_word(text, doc.vocab.strings[spacy_norm], self.known)
         return (norm, text, lexeme.like_num, lexeme.is_title, *token_kind(norm, text))
+
+
+_OPENS = {"\u201c": "\u201d", "\u00ab": "\u00bb", "``": "''"}
+
+
+def _inside_quotes(norms: list[str]) -> list[bool]:
+    """Per token, whether it lies between a pair of quote marks. A mark with no partner
+    quotes nothing: one stray quote must not swallow the rest of a note."""
+    inside = [False] * len(norms)
+    open_at: dict[str, int] = {}  # the closing mark waited for -> where its opening was
+    for i, norm in enumerate(norms):
+        if norm in open_at:
+            for j in range(open_at.pop(norm) + 1, i):
+                inside[j] = True
+        elif norm in QUOTE_MARKS:
+            open_at[_OPENS.get(norm, norm)] = i
+    return inside
 
 
 def rule_word(text: str, spacy_norm: str, known: frozenset[str] = frozenset()) -> str:
@@ -569,6 +595,7 @@ class ContextReader:
         self.immune = {code: set(cats) for code, cats in context.immune.items()}
         persons = context.persons
         self.person_of = {fold(w): who for who, words in persons.items() for w in words}
+        self.speaker = context.speaker
 
     def __call__(self, doc: Doc) -> Doc:
         mentions: list[Mention] = doc._.riskset_mentions or []
@@ -595,12 +622,23 @@ class ContextReader:
         "he's drunk" is the partner. The person is whoever the pronouns mostly point at.
         """
         people = [self.person_of.get(norm) for norm in t.norms]
+        # Who the narrative is about is told by the writer's own words: inside quote marks "I"
+        # is whoever speaks ("'I shoot tranq,' she says"), and a quoted "she" is someone the
+        # speaker talks about. So quotes do not vote, though a quoted "she" still marks
+        # someone else's clause.
+        told = people
+        if t.quoted:
+            people = [
+                None if inside and who == self.speaker else who
+                for who, inside in zip(people, t.quoted, strict=True)
+            ]
+            told = [None if inside else who for who, inside in zip(people, t.quoted, strict=True)]
         if len({who for who in people if who}) < 2:
             return []
         # Whoever is named most often; on a tie, whoever is more often the subject ("she's
         # scared she'll find him dead": "him" is named as often as "she", but is no subject).
-        subjects = [who for who, norm in zip(people, t.norms, strict=True) if norm in self.subjects]
-        main = _most_common(people) or _most_common(subjects)
+        subjects = [who for who, norm in zip(told, t.norms, strict=True) if norm in self.subjects]
+        main = _most_common(told) or _most_common(subjects)
         if main is None:
             return []
         scopes: list[_Scope] = []

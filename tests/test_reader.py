@@ -301,3 +301,27 @@ def test_a_rule_naming_an_unknown_code_is_refused() -> None:
     broken = rules.model_copy(update={"rules": [misspelt]})
     with pytest.raises(KnowledgeError, match="route:injektion"):
         check_codes(broken, load_knowledge())
+
+
+def test_quotes_tell_who_speaks_not_who_the_note_is_about() -> None:
+    # A quoted "I" is the person quoted: however many there are, the note is still about her.
+    quoted_self = (
+        'Dana at the camp. She says "I shoot tranq dope now, I dont care, I am tired, I want '
+        'to sleep." She has no narcan.'
+    )
+    assert {"route:injection", "substance:xylazine", "no_naloxone"} <= present(quoted_self)
+    # A quoted "she" is someone the speaker talks about.
+    quoted_other = (
+        '"Nah, I\'m not using, I\'m here for my girl," Trey said. "She\'s the one with the pills. '
+        'Last weekend she took a couple percs at a party." He took a narcan kit.'
+    )
+    assert "substance:opioid_pills" not in present(quoted_other)
+
+
+def test_a_stray_quote_mark_quotes_nothing() -> None:
+    from riskset.reading import _inside_quotes
+
+    assert _inside_quotes(["she", '"', "i", "shoot", '"', "ok"]) == [
+        False, False, True, True, False, False,
+    ]  # fmt: skip
+    assert _inside_quotes(["she", "\u201c", "i", "shoot"]) == [False] * 4
