@@ -152,6 +152,11 @@ class ContextRules(_Strict):
 
 
 class ReaderRules(_Strict):
+    abbreviations: list[str] = Field(
+        default_factory=list,
+        description="words whose full stop is part of them ('incl.'): kept as one token, so"
+        " 'denies drugs incl. opioids' is one sentence",
+    )
     spelling: dict[str, str]
     spelling_as_written: dict[str, str] = Field(
         default_factory=dict,
@@ -217,12 +222,19 @@ def fold(word: str) -> str:
 @lru_cache(maxsize=200_000)
 def normalise_word(word: str, known: frozenset[str] = frozenset()) -> str:
     word = fold(word)
+    if word[-1:] == "." and word in _abbreviations():
+        word = word[:-1]  # "incl." is "incl" to the rules; the stop only kept it one token
     if _STRETCH.search(word):
         # "sooo high", "hiiigh", "sleeeep": prefer whichever shrink the rules know.
         double = _STRETCH.sub(r"\1\1", word)
         single = _STRETCH.sub(r"\1", word)
         word = single if single in known and double not in known else double
     return reader_rules().spelling.get(word, word)
+
+
+@cache
+def _abbreviations() -> frozenset[str]:
+    return frozenset(fold(word) for word in reader_rules().abbreviations)
 
 
 def _is_emoji(word: str) -> bool:
@@ -893,6 +905,9 @@ def load() -> Language:
     gc.disable()
     try:
         nlp = spacy.blank("en")
+        for abbreviation in reader_rules().abbreviations:
+            for written in {abbreviation, abbreviation.capitalize(), abbreviation.upper()}:
+                nlp.tokenizer.add_special_case(written, [{ORTH: written}])
         for name in PIPELINE:
             nlp.add_pipe(name)
     finally:

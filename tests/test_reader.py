@@ -25,6 +25,8 @@ def present(text: str) -> set[str]:
     ("text", "code", "status"),
     [
         ("denies benzo use, drinks most nights", "substance:benzodiazepines", "absent"),
+        # "incl." keeps its stop: the denial runs on to the opioids.
+        ("Denies other drugs incl. opioids.", "substance:opioid", "absent"),
         ("she used to shoot but smokes it now", "route:injection", "historical"),
         ("she used to shoot but smokes it now", "route:smoking", "present"),
         ("if he can't find a ride he'll use alone", "using_alone", "hypothetical"),
