@@ -251,6 +251,7 @@ try:  # spaCy is imported lazily by load(); the factories are registered on firs
     import numpy as np
     from spacy.attrs import IDX, NORM, ORTH, SPACY
     from spacy.language import Language
+    from spacy.tokenizer import Tokenizer
     from spacy.tokens import Doc
 except ImportError as err:  # pragma: no cover - spaCy is a hard dependency
     raise ImportError("riskset needs spaCy: pip install riskset") from err
@@ -905,9 +906,10 @@ def load() -> Language:
     gc.disable()
     try:
         nlp = spacy.blank("en")
+        tokenizer: Tokenizer = nlp.tokenizer
         for abbreviation in reader_rules().abbreviations:
             for written in {abbreviation, abbreviation.capitalize(), abbreviation.upper()}:
-                nlp.tokenizer.add_special_case(written, [{ORTH: written}])
+                tokenizer.add_special_case(written, [{ORTH: written}])
         for name in PIPELINE:
             nlp.add_pipe(name)
     finally:
