@@ -99,6 +99,14 @@ FLOORS = {
         "risk_agreement": 0.82,
         "plan_recall": 0.88,
     },
+    # Written blind in session 6 in the development set's styles; read 0.875 F1 (24 negation
+    # errors) before it was tuned on.
+    "fresh10.jsonl": {
+        "f1": 0.91,
+        "negation_errors": 23,
+        "risk_agreement": 0.87,
+        "plan_recall": 0.91,
+    },
     # Never inspected: only its figures are ever looked at.
     "blind.jsonl": {
         "f1": 0.86,
