@@ -21,98 +21,106 @@ from .conftest import SHARED
 HERE = Path(__file__).parent / "narratives"
 FLOORS = {
     "labelled.jsonl": {
-        "f1": 0.93,
-        "negation_errors": 13,
-        "risk_agreement": 0.82,
-        "plan_recall": 0.91,
+        "f1": 0.94,
+        "negation_errors": 12,
+        "risk_agreement": 0.83,
+        "plan_recall": 0.93,
     },
     "heldout.jsonl": {
-        "f1": 0.93,
+        "f1": 0.94,
         "negation_errors": 11,
-        "risk_agreement": 0.82,
-        "plan_recall": 0.85,
+        "risk_agreement": 0.87,
+        "plan_recall": 0.89,
     },
     # Written blind to the rules in session 2; read 0.817 F1 before any rule saw it.
     "fresh.jsonl": {
-        "f1": 0.86,
-        "negation_errors": 14,
-        "risk_agreement": 0.84,
-        "plan_recall": 0.83,
+        "f1": 0.89,
+        "negation_errors": 12,
+        "risk_agreement": 0.86,
+        "plan_recall": 0.87,
     },
     # Written blind to the rules in session 3; read 0.829 F1 (34 negation errors) before.
     "fresh2.jsonl": {
-        "f1": 0.91,
+        "f1": 0.92,
         "negation_errors": 12,
-        "risk_agreement": 0.83,
-        "plan_recall": 0.88,
+        "risk_agreement": 0.85,
+        "plan_recall": 0.92,
     },
     # Written blind at the end of session 3; read 0.803 F1 (40 negation errors) before.
     "fresh3.jsonl": {
-        "f1": 0.92,
-        "negation_errors": 15,
-        "risk_agreement": 0.84,
-        "plan_recall": 0.90,
+        "f1": 0.93,
+        "negation_errors": 14,
+        "risk_agreement": 0.87,
+        "plan_recall": 0.93,
     },
     # Written blind in session 4; read 0.835 F1 (61 negation errors) before it was tuned on.
     "fresh4.jsonl": {
-        "f1": 0.91,
-        "negation_errors": 26,
-        "risk_agreement": 0.75,
-        "plan_recall": 0.92,
+        "f1": 0.93,
+        "negation_errors": 22,
+        "risk_agreement": 0.81,
+        "plan_recall": 0.95,
     },
     # Written blind at the end of session 4; never tuned on (0.847 F1).
     "fresh5.jsonl": {
-        "f1": 0.85,
-        "negation_errors": 29,
-        "risk_agreement": 0.76,
-        "plan_recall": 0.82,
+        "f1": 0.86,
+        "negation_errors": 27,
+        "risk_agreement": 0.81,
+        "plan_recall": 0.85,
     },
     # Written blind at the end of session 4, informal texts and self-checks; read 0.799 F1
     # (60 negation errors) before it was tuned on.
     "fresh6.jsonl": {
-        "f1": 0.84,
-        "negation_errors": 36,
-        "risk_agreement": 0.71,
-        "plan_recall": 0.81,
+        "f1": 0.90,
+        "negation_errors": 28,
+        "risk_agreement": 0.8,
+        "plan_recall": 0.86,
     },
     # Written blind at the end of session 4, worker notes in clinical shorthand; read 0.781
     # F1 (45 negation errors) on first reading, then tuned on in session 5.
     "fresh7.jsonl": {
-        "f1": 0.87,
-        "negation_errors": 28,
-        "risk_agreement": 0.77,
-        "plan_recall": 0.86,
+        "f1": 0.89,
+        "negation_errors": 26,
+        "risk_agreement": 0.81,
+        "plan_recall": 0.89,
     },
     # Written blind in session 5 in the development set's styles; read 0.858 F1 (36 negation
     # errors) before it was tuned on.
     "fresh8.jsonl": {
-        "f1": 0.88,
-        "negation_errors": 32,
-        "risk_agreement": 0.87,
-        "plan_recall": 0.90,
+        "f1": 0.89,
+        "negation_errors": 24,
+        "risk_agreement": 0.90,
+        "plan_recall": 0.92,
     },
     # Written blind in session 5, ordinary language in the development set's styles; read
     # 0.847 F1 (29 negation errors) before it was tuned on.
     "fresh9.jsonl": {
-        "f1": 0.86,
-        "negation_errors": 30,
-        "risk_agreement": 0.82,
-        "plan_recall": 0.88,
+        "f1": 0.91,
+        "negation_errors": 22,
+        "risk_agreement": 0.89,
+        "plan_recall": 0.92,
     },
     # Written blind in session 6 in the development set's styles; read 0.875 F1 (24 negation
     # errors) before it was tuned on.
     "fresh10.jsonl": {
-        "f1": 0.91,
-        "negation_errors": 23,
-        "risk_agreement": 0.87,
+        "f1": 0.92,
+        "negation_errors": 20,
+        "risk_agreement": 0.89,
         "plan_recall": 0.91,
+    },
+    # Written blind in session 6 by new writers; read 0.820 F1 (52 negation errors) before it
+    # was tuned on.
+    "fresh11.jsonl": {
+        "f1": 0.88,
+        "negation_errors": 32,
+        "risk_agreement": 0.83,
+        "plan_recall": 0.89,
     },
     # Never inspected: only its figures are ever looked at.
     "blind.jsonl": {
-        "f1": 0.86,
-        "negation_errors": 26,
-        "risk_agreement": 0.81,
-        "plan_recall": 0.86,
+        "f1": 0.88,
+        "negation_errors": 25,
+        "risk_agreement": 0.86,
+        "plan_recall": 0.87,
     },
 }
 
