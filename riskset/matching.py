@@ -119,6 +119,9 @@ class Starts:
     number: bool = False
     title: bool = False
     anything: bool = False
+    # Regexes a first word must match ("/^[0-9]+cc$/"): asked of each distinct word of a
+    # text, not tried as a match at every token.
+    regexes: frozenset[re.Pattern[str]] = frozenset()
 
     def __or__(self, other: Starts) -> Starts:
         return Starts(
@@ -128,6 +131,7 @@ class Starts:
             self.number or other.number,
             self.title or other.title,
             self.anything or other.anything,
+            self.regexes | other.regexes,
         )
 
 
@@ -345,7 +349,7 @@ def _regex_starts(rx: str) -> Starts:
     """A regex anchored with ^ and a literal start can only wake on words with that start."""
     literal = re.match(r"\^([a-z0-9']+)", rx)
     if literal is None:
-        return Starts(anything=True)
+        return Starts(regexes=frozenset({re.compile(rx)}))
     prefix = literal.group(1)
     if rx[literal.end() : literal.end() + 1] in ("?", "*", "{"):
         prefix = prefix[:-1]  # the last letter is optional: not part of every match
@@ -381,7 +385,7 @@ def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
     """The words ("norm") or exact texts ("text") one of which a required slot's match must
     start with, when its possible first tokens are only those."""
     starts = slot.starts
-    if starts.anything or starts.number or starts.title or starts.prefixes:
+    if starts.anything or starts.number or starts.title or starts.prefixes or starts.regexes:
         return None
     if starts.words and not starts.exact:
         return "norm", starts.words
@@ -456,7 +460,10 @@ class _Compiled:
             at += t.numbers_at
         if starts.title:
             at += t.titles_at
+        for rx in starts.regexes:
+            at += (i for norm, places in t.where.items() if rx.search(norm) for i in places)
         kinds = bool(starts.words) + bool(starts.exact) + bool(starts.prefixes)
+        kinds += len(starts.regexes)
         return set(at) if kinds + starts.number + starts.title > 1 else at
 
     def longest(self, t: Tokens, start: int) -> int:
@@ -531,7 +538,7 @@ def _next_words(slots: tuple[Slot, ...]) -> frozenset[str] | None:
     words: frozenset[str] = frozenset()
     for slot in slots:
         starts = slot.starts
-        if slot.gap or starts.anything or starts.exact or starts.prefixes:
+        if slot.gap or starts.anything or starts.exact or starts.prefixes or starts.regexes:
             return None
         if starts.number or starts.title:
             return None
