@@ -637,9 +637,46 @@ _COMMON = frozenset(
 # Words in about one narrative in ten or more, counted over the project's own labelled sets:
 # a pattern needing one of these is better armed by a rarer word it also needs.
 _FREQUENT = frozenset(
-    "says last out since up now use after just got day off about back wants going night never"
-    " week days can used get years took ago lives narcan fent dope denies smokes drinks"
-    " + / m 2 3".split()
+    {
+        "says",
+        "last",
+        "out",
+        "since",
+        "up",
+        "now",
+        "use",
+        "after",
+        "just",
+        "got",
+        "day",
+        "off",
+        "about",
+        "back",
+        "wants",
+        "going",
+        "night",
+        "never",
+        "week",
+        "days",
+        "can",
+        "used",
+        "get",
+        "years",
+        "took",
+        "ago",
+        "lives",
+        "narcan",
+        "fent",
+        "dope",
+        "denies",
+        "smokes",
+        "drinks",
+        "+",
+        "/",
+        "m",
+        "2",
+        "3",
+    }
 )
 
 
