@@ -134,6 +134,12 @@ class Starts:
             self.regexes | other.regexes,
         )
 
+    @property
+    def beyond_lists(self) -> bool:
+        """Whether a first token may be something no word list names (any word, a number, a
+        capital, a prefix, a regex): such starts can neither anchor nor screen a pattern."""
+        return bool(self.anything or self.number or self.title or self.prefixes or self.regexes)
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -385,7 +391,7 @@ def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
     """The words ("norm") or exact texts ("text") one of which a required slot's match must
     start with, when its possible first tokens are only those."""
     starts = slot.starts
-    if starts.anything or starts.number or starts.title or starts.prefixes or starts.regexes:
+    if starts.beyond_lists:
         return None
     if starts.words and not starts.exact:
         return "norm", starts.words
@@ -538,9 +544,7 @@ def _next_words(slots: tuple[Slot, ...]) -> frozenset[str] | None:
     words: frozenset[str] = frozenset()
     for slot in slots:
         starts = slot.starts
-        if slot.gap or starts.anything or starts.exact or starts.prefixes or starts.regexes:
-            return None
-        if starts.number or starts.title:
+        if slot.gap or starts.beyond_lists or starts.exact:
             return None
         words |= starts.words
         if not slot.optional:

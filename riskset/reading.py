@@ -539,6 +539,8 @@ def _ends_sentence(t: Tokens, i: int) -> bool:
 def _without_overruled_hints(mentions: list[Mention]) -> list[Mention]:
     """A weak mention gives way to the same code plainly denied, and to a code it yields to
     plainly present ("SEP" hints at injecting, unless the note says the person smokes)."""
+    if not any(m.weak for m in mentions):
+        return mentions
     denied = {m.code for m in mentions if not m.weak and m.status is Status.absent}
     said = {m.code for m in mentions if not m.weak and m.status is Status.present}
     return [
