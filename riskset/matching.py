@@ -35,55 +35,86 @@ class PatternError(ValueError):
     """A pattern in a rule file that cannot be read."""
 
 
-@dataclass(frozen=True)
 class Tokens:
-    """What the matcher needs of a document: one entry per token."""
+    """What the matcher needs of a document: one entry per token.
 
-    norms: Sequence[str]
-    texts: Sequence[str]
-    like_num: Sequence[bool]
-    is_title: Sequence[bool]
-    # Where each token starts in the text, and whether a space follows it: the reader's, to
-    # quote a span's words without building spaCy Spans.
-    offsets: Sequence[int] = ()
-    spaces: Sequence[bool] = ()
-    # Per token: a clause end, and a word a gap (..N) may pass over. Computed here when not
-    # given; the reader gives them, having worked them out once per distinct word.
-    stops: Sequence[bool] = ()
-    skippable: Sequence[bool] = ()
-    # The text the tokens came from, when they do not cover all of it (the reader leaves out
-    # quote marks): quotes are cut from it.
-    text: str = ""
-    # Per token, whether it was inside quote marks (empty when the text held none).
-    quoted: Sequence[bool] = ()
-    # What the whole text holds, which each rule set asks before it matches anything.
-    norm_set: frozenset[str] = field(init=False, repr=False)
-    text_set: frozenset[str] = field(init=False, repr=False)
-    # Where the numbers and capitals are: patterns that start with one wake only there.
-    numbers_at: frozenset[int] = field(init=False, repr=False)
-    titles_at: frozenset[int] = field(init=False, repr=False)
-    # Where each word is: a pattern armed by a text is tried only where it can start.
-    where: dict[str, list[int]] = field(init=False, repr=False)
+    (A plain class with slots, not a frozen dataclass: one is made per text, and setting a
+    frozen dataclass's fields one by one costs more than some of the matching.)
+    """
 
-    def __post_init__(self) -> None:
-        where: dict[str, list[int]] = {}
-        for i, norm in enumerate(self.norms):
-            where.setdefault(norm, []).append(i)
-        facts: dict[str, object] = {
-            "norm_set": frozenset(where),
-            "where": where,
-            "text_set": frozenset(self.texts),
-            "numbers_at": frozenset(compress(range(len(self.norms)), self.like_num)),
-            "titles_at": frozenset(compress(range(len(self.norms)), self.is_title)),
-        }
-        if len(self.stops) != len(self.norms):
-            kinds = [token_kind(n, t) for n, t in zip(self.norms, self.texts, strict=True)]
-            facts["stops"] = [stop for stop, _ in kinds]
-            facts["skippable"] = [skip for _, skip in kinds]
-        # (Set here, not as cached properties: a new Tokens per text, and a cached property's
-        # first read takes a lock on Python 3.11.)
-        for name, value in facts.items():
-            object.__setattr__(self, name, value)
+    __slots__ = (
+        "_places",
+        "boundaries",
+        "is_title",
+        "last",
+        "like_num",
+        "norm_set",
+        "norms",
+        "offsets",
+        "quoted",
+        "skippable",
+        "spaces",
+        "stops",
+        "text",
+        "text_set",
+        "texts",
+    )
+
+    def __init__(
+        self,
+        norms: Sequence[str],
+        texts: Sequence[str],
+        like_num: Sequence[bool],
+        is_title: Sequence[bool],
+        offsets: Sequence[int] = (),
+        spaces: Sequence[bool] = (),
+        stops: Sequence[bool] = (),
+        skippable: Sequence[bool] = (),
+        text: str = "",
+        quoted: Sequence[bool] = (),
+        boundaries: Sequence[bool] = (),
+    ) -> None:
+        self.norms = norms
+        self.texts = texts
+        self.like_num = like_num
+        self.is_title = is_title
+        # Where each token starts in the text, and whether a space follows it: the reader's,
+        # to quote a span's words without building spaCy Spans.
+        self.offsets = offsets
+        self.spaces = spaces
+        # Per token: a clause end, and a word a gap (..N) may pass over. Worked out here when
+        # not given; the reader gives them, having worked them out once per distinct word.
+        if len(stops) != len(norms):
+            kinds = [token_kind(n, t) for n, t in zip(norms, texts, strict=True)]
+            stops = [stop for stop, _ in kinds]
+            skippable = [skip for _, skip in kinds]
+        self.stops = stops
+        self.skippable = skippable
+        # The text the tokens came from, when they do not cover all of it (the reader leaves
+        # out quote marks): quotes are cut from it.
+        self.text = text
+        # Per token, whether it was inside quote marks (empty when the text held none).
+        self.quoted = quoted
+        # Per token, whether the reader's clause rules should look at it (empty: every token).
+        self.boundaries = boundaries
+        # Where each word last is (in C, one dict from zip: the words' places are asked only
+        # for the few words a pattern can start with, see places()).
+        self.last = dict(zip(norms, range(len(norms)), strict=True))
+        # What the whole text holds, which each rule set asks before it matches anything.
+        self.norm_set = frozenset(self.last)
+        self._places: dict[str, list[int]] = {}
+        self.text_set = frozenset(texts)
+
+    def places(self, norm: str) -> list[int]:
+        """Where in the text a word (present in it) is."""
+        known = self._places.get(norm)
+        if known is not None:
+            return known
+        first, last = self.norms.index(norm), self.last[norm]
+        norms = self.norms
+        found = [i for i in range(first, last + 1) if norms[i] == norm] if first < last else [last]
+        self._places[norm] = found
+        return found
 
     def quote(self, start: int, end: int) -> tuple[str, int, int]:
         """The words of tokens start..end as they are in the text, and their character span."""
@@ -145,12 +176,18 @@ class Starts:
 class Slot:
     """One position of a pattern: alternatives (each a sequence of tests), or a gap."""
 
+    # Choices that need a test of their own (a number, a capital, a prefix, a regex...).
     choices: tuple[tuple[Test, ...], ...] = ()
     optional: bool = False
     gap: int = 0  # >0: up to this many words
     starts: Starts = Starts(anything=True)
     # When every choice is one plain word: the words, tested without calling anything.
     words: frozenset[str] | None = None
+    # The choices of plain words, as a trie of their words (KEYS marks where one ends): a
+    # slot of many phrases is walked word by word, not tried phrase by phrase.
+    phrases: dict[str, Any] | None = None
+    # Whether every choice takes exactly one token.
+    one_token: bool = False
 
 
 def _split_outside_parens(text: str, is_sep: Callable[[str], bool]) -> list[str]:
@@ -367,24 +404,35 @@ def compile_slot(slot: str, norm: Callable[[str], str]) -> Slot:
     body = slot[:-1] if optional else slot
     if body.startswith("..") and body[2:].isdigit():
         return Slot(gap=int(body[2:]), optional=True)
-    plain: list[str] = []
+    plain: list[tuple[str, ...]] = []
     choices: list[tuple[Test, ...]] = []
     starts = Starts()
     for _, words in _choices(body):
-        if len(words) == 1 and is_plain(words[0]):
-            plain.append(words[0])
+        if all(is_plain(word) for word in words):
+            plain.append(tuple(norm(w) for w in words))
             continue
         tests = [_test(w, norm) for w in words]
         choices.append(tuple(t for t, _ in tests))
         starts |= tests[0][1]
-    only_words = None
+    one_token = all(len(phrase) == 1 for phrase in plain) and all(len(c) == 1 for c in choices)
+    phrases: dict[str, Any] | None = None
     if plain:
-        test, first = _test("|".join(plain), norm)
-        choices.insert(0, (test,))
-        starts |= first
-        if len(choices) == 1:
-            only_words = first.words
-    return Slot(choices=tuple(choices), optional=optional, starts=starts, words=only_words)
+        starts |= Starts(words=frozenset(phrase[0] for phrase in plain))
+        phrases = {}
+        for phrase in plain:
+            node = phrases
+            for word in phrase:
+                node = node.setdefault(word, {})
+            node[KEYS] = True
+    only_words = starts.words if plain and one_token and not choices else None
+    return Slot(
+        choices=tuple(choices),
+        optional=optional,
+        starts=starts,
+        words=only_words,
+        phrases=phrases,
+        one_token=one_token,
+    )
 
 
 def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
@@ -414,25 +462,36 @@ class _Compiled:
     needs_text: tuple[frozenset[str], ...] = ()
     # What a match's first token can be.
     starts: Starts = Starts(anything=True)
+    # Whether a match can only start with a word of starts.words.
+    word_starts: bool = False
+    # The slots after the first skip, as longest() matches them.
+    steps: tuple[tuple[Slot, frozenset[str] | None], ...] = ()
 
     def __post_init__(self) -> None:
         anchors = [_anchor(slot) for slot in self.slots if not slot.optional and not slot.gap]
         self.needs = tuple(sorted((a[1] for a in anchors if a and a[0] == "norm"), key=len))
         self.needs_text = tuple(a[1] for a in anchors if a and a[0] == "text")
         self.starts = _starts_of(self.slots)
+        self.word_starts = not (self.starts.beyond_lists or self.starts.exact)
+        self.skip, self.second = self._first_words_known()
+        self.steps = _steps(self.slots[self.skip :])
+
+    def _first_words_known(self) -> tuple[int, frozenset[str] | None]:
+        """How many first slots a start's place already satisfies, and the words the token
+        after a start can be (None: any)."""
         first = self.slots[0]
-        if first.optional or first.gap or any(len(choice) != 1 for choice in first.choices):
-            return
+        if first.optional or first.gap or not first.one_token:
+            return 0, None
         # The first slot takes one word, so the word after a start must be one the rest of the
         # pattern can begin with: a set test that turns most starts away.
-        self.second = _next_words(self.slots[1:])
+        second = _next_words(self.slots[1:])
         if first.words is None:
-            return
+            return 0, second
         # A start is only ever tried where one of the first slot's words is, so matching
         # begins at the second slot (or the third, once the second word has been checked).
-        self.skip = 1
         if len(self.slots) > 1 and not self.slots[1].optional and self.slots[1].words is not None:
-            self.skip = 2
+            return 2, second
+        return 1, second
 
     def arm(self) -> tuple[str, frozenset[str]] | None:
         """The word list (or exact texts) whose presence arms this pattern for a text: of the
@@ -457,17 +516,17 @@ class _Compiled:
             return range(len(t))
         at: list[int] = []
         for word in t.norm_set.intersection(starts.words):
-            at += t.where[word]
+            at += t.places(word)
         if starts.exact and not t.text_set.isdisjoint(starts.exact):
             at += (i for i, text in enumerate(t.texts) if text in starts.exact)
         if starts.prefixes:
             at += (i for i, norm in enumerate(t.norms) if norm.startswith(tuple(starts.prefixes)))
         if starts.number:
-            at += t.numbers_at
+            at += compress(range(len(t)), t.like_num)
         if starts.title:
-            at += t.titles_at
+            at += compress(range(len(t)), t.is_title)
         for rx in starts.regexes:
-            at += (i for norm, places in t.where.items() if rx.search(norm) for i in places)
+            at += (i for norm in t.last if rx.search(norm) for i in t.places(norm))
         kinds = bool(starts.words) + bool(starts.exact) + bool(starts.prefixes)
         kinds += len(starts.regexes)
         return set(at) if kinds + starts.number + starts.title > 1 else at
@@ -476,40 +535,108 @@ class _Compiled:
         """The end of the longest match starting at start, or -1."""
         norms = t.norms
         n = len(norms)
-        frontier = {start + self.skip}
-        for slot in self.slots[self.skip :]:
+        pos = start + self.skip
+        # While there is one place to go on from (nearly always), no sets are built.
+        for k, (slot, then) in enumerate(self.steps):
             words = slot.words
-            if words is not None and not slot.optional and len(frontier) == 1:
-                # The common case, one place to go on from and a word list: no sets built.
-                (pos,) = frontier
+            if words is not None and not slot.optional:
                 if pos < n and norms[pos] in words:
-                    frontier = {pos + 1}
+                    pos += 1
                     continue
                 return -1
-            reached: set[int] = set(frontier) if slot.optional else set()
-            if words is not None:
-                reached.update(pos + 1 for pos in frontier if pos < n and norms[pos] in words)
-            elif slot.gap:
-                skippable = t.skippable
-                for pos in frontier:
-                    stop = pos
-                    while stop < n and stop - pos < slot.gap and skippable[stop]:
-                        stop += 1
-                        reached.add(stop)
-            else:
-                for pos in frontier:
-                    for tests in slot.choices:
-                        end = pos
-                        for test in tests:
-                            if end >= n or not test(t, end):
-                                break
-                            end += 1
-                        else:
-                            reached.add(end)
-            if not reached:
+            if then is None:
+                return self._longest_from(t, {pos}, k)
+            ends = _ends_after_gap(t, pos, slot.gap, then)
+            if len(ends) != 1:
+                return self._longest_from(t, set(ends), k + 1) if ends else -1
+            pos = ends[0]
+        return pos
+
+    def _longest_from(self, t: Tokens, frontier: set[int], k: int) -> int:
+        """The end of the longest match of steps k... from any of several places, or -1."""
+        norms = t.norms
+        n = len(norms)
+        for slot, then in self.steps[k:]:
+            frontier = _advance(t, frontier, slot)
+            if then is not None:
+                frontier = {pos + 1 for pos in frontier if pos < n and norms[pos] in then}
+            if not frontier:
                 return -1
-            frontier = reached
         return max(frontier)
+
+
+def _steps(slots: tuple[Slot, ...]) -> tuple[tuple[Slot, frozenset[str] | None], ...]:
+    """Slots to match one after another, each with the words of the slot after it when it is
+    a gap before a required word ("took ..3 fent"): the commonest shape of pattern, matched by
+    looking along the gap for the word."""
+    steps: list[tuple[Slot, frozenset[str] | None]] = []
+    rest = list(slots)
+    while rest:
+        slot = rest.pop(0)
+        after = rest[0] if rest else None
+        if slot.gap and after is not None and after.words is not None and not after.optional:
+            steps.append((slot, after.words))
+            rest.pop(0)
+        else:
+            steps.append((slot, None))
+    return tuple(steps)
+
+
+def _ends_after_gap(t: Tokens, pos: int, gap: int, words: frozenset[str]) -> list[int]:
+    """Where a match goes on after up to gap words from pos and then one of words."""
+    norms, skippable = t.norms, t.skippable
+    n = len(norms)
+    ends: list[int] = []
+    at = pos
+    while at < n:
+        if norms[at] in words:
+            ends.append(at + 1)
+        if at - pos >= gap or not skippable[at]:
+            break
+        at += 1
+    return ends
+
+
+def _phrase_ends(trie: dict[str, Any], norms: Sequence[str], pos: int, ends: set[int]) -> None:
+    """Add to ends where each phrase of the trie that starts at pos ends."""
+    node = trie
+    for at in range(pos, len(norms)):
+        child = node.get(norms[at])
+        if child is None:
+            return
+        node = child
+        if KEYS in node:
+            ends.add(at + 1)
+
+
+def _advance(t: Tokens, frontier: set[int], slot: Slot) -> set[int]:
+    """Where matches go on after one more slot, from each place in frontier."""
+    norms = t.norms
+    n = len(norms)
+    reached: set[int] = set(frontier) if slot.optional else set()
+    words = slot.words
+    if words is not None:
+        reached.update(pos + 1 for pos in frontier if pos < n and norms[pos] in words)
+    elif slot.gap:
+        skippable = t.skippable
+        for pos in frontier:
+            stop = pos
+            while stop < n and stop - pos < slot.gap and skippable[stop]:
+                stop += 1
+                reached.add(stop)
+    else:
+        for pos in frontier:
+            if slot.phrases is not None:
+                _phrase_ends(slot.phrases, norms, pos, reached)
+            for tests in slot.choices:
+                end = pos
+                for test in tests:
+                    if end >= n or not test(t, end):
+                        break
+                    end += 1
+                else:
+                    reached.add(end)
+    return reached
 
 
 def _first_slot_apart(pattern: str) -> list[str]:
@@ -552,12 +679,9 @@ def _next_words(slots: tuple[Slot, ...]) -> frozenset[str] | None:
     return None
 
 
-def _may_match(compiled: _Compiled, norms: frozenset[str], texts: frozenset[str]) -> bool:
-    """False when a word the pattern cannot do without is nowhere in the text."""
-    for words in compiled.needs:
-        if norms.isdisjoint(words):
-            return False
-    return not compiled.needs_text or all(not texts.isdisjoint(e) for e in compiled.needs_text)
+def _texts_present(compiled: _Compiled, t: Tokens) -> bool:
+    """Whether the text holds one of each list of exact texts the pattern cannot do without."""
+    return all(not t.text_set.isdisjoint(texts) for texts in compiled.needs_text)
 
 
 # Words and marks in nearly every text (the commonest English words, and punctuation):
@@ -789,17 +913,29 @@ class RuleSet:
                 if node is None:
                     break
                 end += 1
-        present, present_text = t.norm_set, t.text_set
+        present = t.norm_set
+        places = t.places
         for compiled in self._arming.armed_by(t):
-            if not _may_match(compiled, present, present_text):
-                continue
-            second = compiled.second
-            for start in compiled.start_positions(t):
-                if second is not None and (start + 1 >= n or norms[start + 1] not in second):
+            # (The common cases inline: this loop runs for dozens of patterns a text.)
+            for words in compiled.needs:
+                if present.isdisjoint(words):
+                    break
+            else:
+                if compiled.needs_text and not _texts_present(compiled, t):
                     continue
-                end = compiled.longest(t, start)
-                if end > start and found.get((compiled.key, start), 0) < end:
-                    found[(compiled.key, start)] = end
+                if compiled.word_starts:
+                    starting = present.intersection(compiled.starts.words)
+                    at: Iterable[int] = [i for word in starting for i in places(word)]
+                else:
+                    at = compiled.start_positions(t)
+                key = compiled.key
+                second = compiled.second
+                for start in at:
+                    if second is not None and (start + 1 >= n or norms[start + 1] not in second):
+                        continue
+                    end = compiled.longest(t, start)
+                    if end > start and found.get((key, start), 0) < end:
+                        found[(key, start)] = end
         # In text order, then by key: the same answer in every process, whatever the order
         # of the sets and snapshots the patterns came through.
         return sorted((key, start, end) for (key, start), end in found.items())

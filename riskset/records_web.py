@@ -443,9 +443,7 @@ def _page(
     return response
 
 
-def _bare_page(
-    request: Request, name: str, context: dict[str, Any], status: int
-) -> HTMLResponse:
+def _bare_page(request: Request, name: str, context: dict[str, Any], status: int) -> HTMLResponse:
     """A page with no session at all: no account named, no form to post."""
     full = {"user": None, "csrf": "", "prefix": PREFIX, "notice": None, "label": code_label}
     return _templates.TemplateResponse(request, name, full | context, status)
