@@ -140,7 +140,7 @@ def token_kind(norm: str, text: str) -> tuple[bool, bool]:
     return stop, not stop and norm not in NEGATIONS
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Starts:
     """What the first token of a match can be: lets a token wake only the patterns it can start."""
 
@@ -172,7 +172,7 @@ class Starts:
         return bool(self.anything or self.number or self.title or self.prefixes or self.regexes)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Slot:
     """One position of a pattern: alternatives (each a sequence of tests), or a gap."""
 
@@ -448,7 +448,7 @@ def _anchor(slot: Slot) -> tuple[str, frozenset[str]] | None:
     return None
 
 
-@dataclass(eq=False)  # hashed by identity: a set of armed patterns holds the patterns themselves
+@dataclass(eq=False, slots=True)  # hashed by identity: a set of armed patterns holds them
 class _Compiled:
     key: str
     slots: tuple[Slot, ...]
@@ -465,7 +465,7 @@ class _Compiled:
     # Whether a match can only start with a word of starts.words.
     word_starts: bool = False
     # The slots after the first skip, as longest() matches them.
-    steps: tuple[tuple[Slot, frozenset[str] | None], ...] = ()
+    steps: tuple[tuple[Slot, Slot | None], ...] = ()
 
     def __post_init__(self) -> None:
         anchors = [_anchor(slot) for slot in self.slots if not slot.optional and not slot.gap]
@@ -544,9 +544,15 @@ class _Compiled:
                     pos += 1
                     continue
                 return -1
-            if then is None:
+            ends: list[int] = []
+            if then is not None:
+                _ends_after_gap(t, pos, slot.gap, then, ends)
+            elif slot.gap:
                 return self._longest_from(t, {pos}, k)
-            ends = _ends_after_gap(t, pos, slot.gap, then)
+            else:
+                if slot.optional:
+                    ends.append(pos)
+                _slot_ends(t, pos, slot, ends)
             if len(ends) != 1:
                 return self._longest_from(t, set(ends), k + 1) if ends else -1
             pos = ends[0]
@@ -554,88 +560,87 @@ class _Compiled:
 
     def _longest_from(self, t: Tokens, frontier: set[int], k: int) -> int:
         """The end of the longest match of steps k... from any of several places, or -1."""
-        norms = t.norms
-        n = len(norms)
         for slot, then in self.steps[k:]:
             frontier = _advance(t, frontier, slot)
             if then is not None:
-                frontier = {pos + 1 for pos in frontier if pos < n and norms[pos] in then}
+                frontier = _advance(t, frontier, then)
             if not frontier:
                 return -1
         return max(frontier)
 
 
-def _steps(slots: tuple[Slot, ...]) -> tuple[tuple[Slot, frozenset[str] | None], ...]:
-    """Slots to match one after another, each with the words of the slot after it when it is
-    a gap before a required word ("took ..3 fent"): the commonest shape of pattern, matched by
-    looking along the gap for the word."""
-    steps: list[tuple[Slot, frozenset[str] | None]] = []
+def _steps(slots: tuple[Slot, ...]) -> tuple[tuple[Slot, Slot | None], ...]:
+    """Slots to match one after another, a gap together with the required slot after it
+    ("took ..3 fent"): the commonest shape of pattern, matched by looking along the gap."""
+    steps: list[tuple[Slot, Slot | None]] = []
     rest = list(slots)
     while rest:
         slot = rest.pop(0)
         after = rest[0] if rest else None
-        if slot.gap and after is not None and after.words is not None and not after.optional:
-            steps.append((slot, after.words))
+        if slot.gap and after is not None and not (after.gap or after.optional):
+            steps.append((slot, after))
             rest.pop(0)
         else:
             steps.append((slot, None))
     return tuple(steps)
 
 
-def _ends_after_gap(t: Tokens, pos: int, gap: int, words: frozenset[str]) -> list[int]:
-    """Where a match goes on after up to gap words from pos and then one of words."""
-    norms, skippable = t.norms, t.skippable
-    n = len(norms)
-    ends: list[int] = []
+def _ends_after_gap(t: Tokens, pos: int, gap: int, then: Slot, ends: list[int]) -> None:
+    """Add to ends where a match goes on after up to gap words from pos and then the slot."""
+    skippable = t.skippable
+    n = len(skippable)
     at = pos
     while at < n:
-        if norms[at] in words:
-            ends.append(at + 1)
+        _slot_ends(t, at, then, ends)
         if at - pos >= gap or not skippable[at]:
             break
         at += 1
-    return ends
 
 
-def _phrase_ends(trie: dict[str, Any], norms: Sequence[str], pos: int, ends: set[int]) -> None:
-    """Add to ends where each phrase of the trie that starts at pos ends."""
-    node = trie
-    for at in range(pos, len(norms)):
-        child = node.get(norms[at])
-        if child is None:
-            return
-        node = child
-        if KEYS in node:
-            ends.add(at + 1)
+def _slot_ends(t: Tokens, pos: int, slot: Slot, ends: list[int] | set[int]) -> None:
+    """Add to ends where each choice of a slot of words, phrases or tests ends from pos."""
+    norms = t.norms
+    n = len(norms)
+    if pos >= n:
+        return
+    add = ends.append if isinstance(ends, list) else ends.add
+    if slot.words is not None:
+        if norms[pos] in slot.words:
+            add(pos + 1)
+        return
+    if slot.phrases is not None:
+        node = slot.phrases
+        for at in range(pos, n):
+            child = node.get(norms[at])
+            if child is None:
+                break
+            node = child
+            if KEYS in node:
+                add(at + 1)
+    for tests in slot.choices:
+        end = pos
+        for test in tests:
+            if end >= n or not test(t, end):
+                break
+            end += 1
+        else:
+            add(end)
 
 
 def _advance(t: Tokens, frontier: set[int], slot: Slot) -> set[int]:
     """Where matches go on after one more slot, from each place in frontier."""
-    norms = t.norms
-    n = len(norms)
     reached: set[int] = set(frontier) if slot.optional else set()
-    words = slot.words
-    if words is not None:
-        reached.update(pos + 1 for pos in frontier if pos < n and norms[pos] in words)
-    elif slot.gap:
+    if slot.gap:
         skippable = t.skippable
+        n = len(skippable)
         for pos in frontier:
             stop = pos
             while stop < n and stop - pos < slot.gap and skippable[stop]:
                 stop += 1
                 reached.add(stop)
-    else:
-        for pos in frontier:
-            if slot.phrases is not None:
-                _phrase_ends(slot.phrases, norms, pos, reached)
-            for tests in slot.choices:
-                end = pos
-                for test in tests:
-                    if end >= n or not test(t, end):
-                        break
-                    end += 1
-                else:
-                    reached.add(end)
+        return reached
+    for pos in frontier:
+        _slot_ends(t, pos, slot, reached)
     return reached
 
 

@@ -278,11 +278,33 @@ class Reading:
     about_others: list[Finding] = field(default_factory=list)
 
 
-if not Doc.has_extension("riskset_mentions"):
-    Doc.set_extension("riskset_tokens", default=None)
-    Doc.set_extension("riskset_mentions", default=None)
-    Doc.set_extension("riskset_cues", default=None)
-    Doc.set_extension("riskset_reading", default=None)
+@dataclass(slots=True)
+class Progress:
+    """What the pipeline has made of one document so far, each component adding its part."""
+
+    tokens: Tokens
+    cues: list[tuple[str, int, int]] = field(default_factory=list)
+    mentions: list[Mention] = field(default_factory=list)
+    reading: Reading | None = None
+
+
+# The components pass a document's Progress along in doc.user_data, a plain dict: a spaCy
+# extension attribute costs a microsecond or two on each use, and a reading used a dozen.
+# The extensions stay, for anyone looking at a Doc, as views of the same thing.
+PROGRESS = "riskset"
+
+
+def progress(doc: Doc) -> Progress:
+    return doc.user_data[PROGRESS]  # type: ignore[no-any-return]
+
+
+def _view(part: str) -> Callable[[Doc], object]:
+    return lambda doc: getattr(doc.user_data.get(PROGRESS), part, None)
+
+
+if not Doc.has_extension("riskset_reading"):
+    for _part in ("tokens", "cues", "mentions", "reading"):
+        Doc.set_extension(f"riskset_{_part}", getter=_view(_part))
 
 
 class Component:
@@ -347,7 +369,7 @@ class Normalizer(Component):
         cache_ = self._cache
         columns = doc.to_array(_TOKEN_ATTRS)
         if not len(columns):
-            doc._.riskset_tokens = Tokens([], [], [], [])
+            doc.user_data[PROGRESS] = Progress(Tokens([], [], [], []))
             return doc
         # Each token's (word, norm) pair as one 16-byte key, made in C rather than a tuple a token.
         pairs = np.ascontiguousarray(columns[:, :2]).view(_PAIR).ravel()
@@ -375,24 +397,26 @@ class Normalizer(Component):
             spaces = [spaces[i] for i in kept]
             quoted = [inside[i] for i in kept]
             if not entries:
-                doc._.riskset_tokens = Tokens([], [], [], [])
+                doc.user_data[PROGRESS] = Progress(Tokens([], [], [], []))
                 return doc
         norms, texts, like_num, is_title, stops, skippable, boundaries = zip(*entries, strict=True)
         # Spans are cut from the text only where quote marks were left out (doc.text is built
         # afresh on each call, and most texts hold none).
         text = doc.text if len(offsets) < len(columns) else ""
-        doc._.riskset_tokens = Tokens(
-            norms,
-            texts,
-            like_num,
-            is_title,
-            offsets,
-            spaces,
-            stops,
-            skippable,
-            text,
-            quoted,
-            boundaries,
+        doc.user_data[PROGRESS] = Progress(
+            Tokens(
+                norms,
+                texts,
+                like_num,
+                is_title,
+                offsets,
+                spaces,
+                stops,
+                skippable,
+                text,
+                quoted,
+                boundaries,
+            )
         )
         return doc
 
@@ -500,11 +524,12 @@ class TargetMatcher(Component):
         self.matcher.add(key, patterns)
 
     def __call__(self, doc: Doc) -> Doc:
-        tokens: Tokens = doc._.riskset_tokens
+        done = progress(doc)
+        tokens = done.tokens
         # Per token, the codes a blocker covering it rules out: linear in the text's length.
         blocked: dict[int, set[str]] = {}
         found = self.matcher(tokens)
-        doc._.riskset_cues = [(k[1:], s, e) for k, s, e in found if k[0] == "^"]
+        done.cues = [(k[1:], s, e) for k, s, e in found if k[0] == "^"]
         blocking = [match for match in found if match[0][0] == "!"]
         kept = [
             (k.removeprefix("!unless"), s, e) for k, s, e in blocking if k.startswith("!unless")
@@ -527,7 +552,7 @@ class TargetMatcher(Component):
             mentions.append(
                 Mention(code, start, end, immune=immune, weak=weak, yields_to=yields_to)
             )
-        doc._.riskset_mentions = self._suppress(_longest_per_code(mentions))
+        done.mentions = self._suppress(_longest_per_code(mentions))
         return doc
 
     def _suppress(self, mentions: list[Mention]) -> list[Mention]:
@@ -671,12 +696,13 @@ class ContextReader(Component):
         self.speaker = context.speaker
 
     def __call__(self, doc: Doc) -> Doc:
-        mentions: list[Mention] = doc._.riskset_mentions or []
+        done = progress(doc)
+        mentions = done.mentions
         if not mentions:
             return doc
-        tokens: Tokens = doc._.riskset_tokens
+        tokens = done.tokens
         clauses, sentences = self.clause_bounds(tokens)
-        scopes = list(self.scopes(doc, tokens, clauses, sentences))
+        scopes = list(self.scopes(done, clauses, sentences))
         scopes += self.other_person_scopes(tokens, clauses)
         # Index the scopes by the tokens they cover (each covers a few words), so a long text
         # costs time in proportion to its length, not to mentions times triggers.
@@ -768,11 +794,10 @@ class ContextReader(Component):
     def _starts_clause(self, t: Tokens, i: int) -> bool:
         return i < len(t) and t.norms[i] in self.clause_starters
 
-    def scopes(
-        self, doc: Doc, t: Tokens, clause: list[int], sentence: list[int]
-    ) -> Iterator[_Scope]:
-        ends = {m.end - 1 for m in doc._.riskset_mentions or []}
-        matches: list[tuple[str, int, int]] = doc._.riskset_cues or []  # found by the targets
+    def scopes(self, done: Progress, clause: list[int], sentence: list[int]) -> Iterator[_Scope]:
+        t = done.tokens
+        ends = {m.end - 1 for m in done.mentions}
+        matches = done.cues  # found by the targets
         pseudo = [(s, e) for k, s, e in matches if k == "pseudo"]
         found = [(k, s, e) for k, s, e in matches if k != "pseudo"]
         # Longest trigger first, so "no longer" is not also read as "no"; of two with the same
@@ -868,8 +893,9 @@ class FindingBuilder(Component):
         self.derivations = rules.derivations
 
     def __call__(self, doc: Doc) -> Doc:
-        mentions: list[Mention] = doc._.riskset_mentions or []
-        tokens: Tokens = doc._.riskset_tokens
+        done = progress(doc)
+        mentions = done.mentions
+        tokens = done.tokens
         reading = Reading()
         mine = _without_overruled_hints([m for m in mentions if not m.other])
         chosen = self._one_per_code_and_status(mine)
@@ -888,7 +914,7 @@ class FindingBuilder(Component):
                 reading.about_others.append(self._finding(tokens, mention))
         for found in (reading.findings, reading.about_others):
             found.sort(key=lambda f: (f.start if f.start is not None else -1, f.code))
-        doc._.riskset_reading = reading
+        done.reading = reading
         return doc
 
     @staticmethod
@@ -1003,9 +1029,16 @@ def read(text: str) -> Reading:
 
     if isinstance(text, str) and not text.strip():
         return Reading()  # nothing to read is a valid, empty reading
-    return load()(check_text(text))._.riskset_reading  # type: ignore[no-any-return]
+    return _reading_of(load()(check_text(text)))
 
 
 def read_many(texts: Iterable[str], batch_size: int = 256) -> Iterator[Reading]:
     for doc in load().pipe(texts, batch_size=batch_size):
-        yield doc._.riskset_reading
+        yield _reading_of(doc)
+
+
+def _reading_of(doc: Doc) -> Reading:
+    reading = progress(doc).reading
+    if reading is None:  # pragma: no cover - the findings component always sets it
+        raise RuntimeError("the reading pipeline ran without its findings component")
+    return reading
