@@ -110,8 +110,13 @@ class Tokens:
         known = self._places.get(norm)
         if known is not None:
             return known
-        first, last = self.norms.index(norm), self.last[norm]
         norms = self.norms
+        if len(norms) > _LONG_TEXT:
+            # A long text asks for many words, and a search per word would cost its length
+            # each time: one pass finds every word's places.
+            self._places = _places_of_all(norms)
+            return self._places[norm]
+        first, last = norms.index(norm), self.last[norm]
         found = [i for i in range(first, last + 1) if norms[i] == norm] if first < last else [last]
         self._places[norm] = found
         return found
@@ -131,6 +136,18 @@ class Tokens:
 
 
 Test = Callable[[Tokens, int], bool]
+_LONG_TEXT = 200  # tokens: beyond this, all words' places are found at once
+
+
+def _places_of_all(norms: Sequence[str]) -> dict[str, list[int]]:
+    places: dict[str, list[int]] = {}
+    for i, norm in enumerate(norms):
+        found = places.get(norm)
+        if found is None:
+            places[norm] = [i]
+        else:
+            found.append(i)
+    return places
 
 
 def token_kind(norm: str, text: str) -> tuple[bool, bool]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from riskset.matching import PatternError, RuleSet, Tokens, phrases_of, retokenise
 
@@ -100,3 +102,108 @@ def test_rule_words_are_rewritten_as_the_tokenizer_reads_them() -> None:
     rules = RuleSet(str.lower)
     rules.add("wd", [retokenise("bad w/d", split)])
     assert [key for key, _, _ in rules(tokens("bad w / d today"))] == ["wd"]
+
+
+# A reference matcher, written for clarity rather than speed: every pattern is tried at every
+# token, slot by slot, following each way a slot can match. The rule set's indexes and short
+# cuts (phrase tries, arming by rare words, gaps matched with the slot after them, word places
+# found on demand) must find exactly what it finds.
+
+_WORDS = ["a", "b", "c", "no", ",", ".", "3", "bx", "A", "B"]
+
+
+def _atom(draw: st.DrawFn) -> tuple[str, str]:
+    kind = draw(st.sampled_from(["word", "word", "word", "number", "title", "prefix"]))
+    if kind == "word":
+        return ("word", draw(st.sampled_from(["a", "b", "c", "no", ","])))
+    return (kind, "b")
+
+
+@st.composite
+def _patterns(draw: st.DrawFn) -> list[tuple[str, object, bool]]:
+    slots: list[tuple[str, object, bool]] = []
+    for _ in range(draw(st.integers(1, 4))):
+        if slots and draw(st.integers(0, 3)) == 0:
+            slots.append(("gap", draw(st.integers(1, 3)), True))
+            continue
+        alternatives = [
+            [_atom(draw) for _ in range(draw(st.integers(1, 2)))]
+            for _ in range(draw(st.integers(1, 3)))
+        ]
+        slots.append(("choices", alternatives, draw(st.booleans())))
+    return slots
+
+
+def _written(slots: list[tuple[str, object, bool]]) -> str:
+    def atom(kind: str, word: str) -> str:
+        return {"word": word, "number": "#", "title": "Title", "prefix": f"{word}*"}[kind]
+
+    parts = []
+    for kind, body, optional in slots:
+        if kind == "gap":
+            parts.append(f"..{body}")
+            continue
+        choices = "|".join(" ".join(atom(*a) for a in alt) for alt in body)
+        parts.append(f"({choices})" + ("?" if optional else ""))
+    return " ".join(parts)
+
+
+def _reference(slots: list[tuple[str, object, bool]], t: Tokens) -> list[tuple[int, int]]:
+    n = len(t)
+
+    def fits(kind: str, word: str, i: int) -> bool:
+        if kind == "word":
+            return t.norms[i] == word
+        if kind == "number":
+            return t.like_num[i]
+        if kind == "title":
+            return t.is_title[i]
+        return t.norms[i].startswith(word)
+
+    def ends(k: int, i: int) -> set[int]:
+        if k == len(slots):
+            return {i}
+        kind, body, optional = slots[k]
+        found: set[int] = set()
+        if kind == "gap":
+            j = i
+            found |= ends(k + 1, j)
+            while j < n and j - i < body and t.skippable[j]:
+                j += 1
+                found |= ends(k + 1, j)
+            return found
+        if optional:
+            found |= ends(k + 1, i)
+        for alt in body:
+            j = i
+            if all(j + m < n and fits(*atom, j + m) for m, atom in enumerate(alt)):
+                found |= ends(k + 1, j + len(alt))
+        return found
+
+    matched = []
+    for start in range(n):
+        end = max(ends(0, start), default=-1)
+        if end > start:
+            matched.append((start, end))
+    return matched
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    patterns=st.lists(_patterns(), min_size=1, max_size=3),
+    words=st.one_of(
+        st.lists(st.sampled_from(_WORDS), max_size=30),
+        st.lists(st.sampled_from(_WORDS), min_size=201, max_size=260),  # a long text
+    ),
+)
+def test_the_rule_set_finds_what_trying_every_pattern_everywhere_finds(
+    patterns: list[list[tuple[str, object, bool]]], words: list[str]
+) -> None:
+    rules = RuleSet(str.lower)
+    for i, slots in enumerate(patterns):
+        rules.add(f"k{i}", [_written(slots)])
+    t = tokens(" ".join(words))
+    found = rules(t)
+    for i, slots in enumerate(patterns):
+        mine = [(s, e) for key, s, e in found if key == f"k{i}"]
+        assert mine == _reference(slots, t), _written(slots)

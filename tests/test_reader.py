@@ -327,3 +327,32 @@ def test_a_stray_quote_mark_quotes_nothing() -> None:
         False, False, True, True, False, False,
     ]  # fmt: skip
     assert _inside_quotes(["she", "\u201c", "i", "shoot"]) == [False] * 4
+
+
+def test_a_spacy_doc_shows_what_each_component_found() -> None:
+    from riskset.reading import load
+
+    text = "denies benzos, shoots fent daily"
+    doc = load()(text)
+    assert doc._.riskset_reading.findings == riskset.read(text).findings
+    assert doc._.riskset_tokens.norms[0] == "denies"
+    assert {m.code for m in doc._.riskset_mentions} >= {"route:injection"}
+
+
+def test_reading_a_batch_leaves_garbage_collection_as_it_was() -> None:
+    # The batch pauses the collector while it works (reading makes no reference cycles);
+    # whoever called it gets the collector back as they had it.
+    import gc
+
+    from riskset.reading import read_many
+
+    texts = ["uses fent daily", "no narcan", "smokes ice"] * 100
+    readings = list(read_many(texts))
+    assert gc.isenabled()
+    assert len(readings) == len(texts)
+    gc.disable()
+    try:
+        list(read_many(texts))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
