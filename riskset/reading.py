@@ -146,6 +146,11 @@ class ContextRules(_Strict):
         " quote marks it names whoever speaks, not the writer",
     )
     clause_starters: list[str]
+    same_subject_after_and: list[str] = Field(
+        default_factory=list,
+        description="verbs that, after 'and', go on with the subject before it: someone else's"
+        " scope runs on through them",
+    )
     triggers: list[Trigger]
     pseudo: list[str] = Field(
         default_factory=list, description="phrases that contain a trigger word but are not one"
@@ -656,7 +661,9 @@ class _Scope:
 
 SENTENCE_ENDS = frozenset({".", "!", "?", ";", "...", "…"})
 CLAUSE_MARKS = frozenset({",", "-", "--", "—", "–", "(", ")", ":"})
-_NO_END, _ENDS_BEFORE, _ENDS_AFTER, _ENDS_SENTENCE = range(4)
+# How a clause ends at a word: not at all, before it, after it, with the sentence after it, or
+# before it with the same subject going on ("... and wants to use").
+_NO_END, _ENDS_BEFORE, _ENDS_AFTER, _ENDS_SENTENCE, _GOES_ON = range(5)
 
 
 def may_end_clause(norm: str, text: str, terminators: frozenset[str]) -> bool:
@@ -690,6 +697,7 @@ class ContextReader(Component):
         }
         self.subjects = {fold(w) for w in context.subjects}
         self.clause_starters = {normalise_word(w) for w in context.clause_starters}
+        self.same_subject = {normalise_word(w) for w in context.same_subject_after_and}
         self.immune = {code: set(cats) for code, cats in context.immune.items()}
         persons = context.persons
         self.person_of = {fold(w): who for who, words in persons.items() for w in words}
@@ -701,8 +709,8 @@ class ContextReader(Component):
         if not mentions:
             return doc
         tokens = done.tokens
-        clauses, sentences = self.clause_bounds(tokens)
-        scopes = list(self.scopes(done, clauses, sentences))
+        clauses, sentences, subjects = self.clause_bounds(tokens)
+        scopes = list(self.scopes(done, clauses, sentences, subjects))
         scopes += self.other_person_scopes(tokens, clauses)
         # Index the scopes by the tokens they cover (each covers a few words), so a long text
         # costs time in proportion to its length, not to mentions times triggers.
@@ -749,12 +757,14 @@ class ContextReader(Component):
                 scopes.append(_Scope("other", i, end, (i, i + 1)))
         return scopes
 
-    def clause_bounds(self, t: Tokens) -> tuple[list[int], list[int]]:
-        """For each token, the index of the clause and of the sentence it belongs to."""
+    def clause_bounds(self, t: Tokens) -> tuple[list[int], list[int], list[int]]:
+        """For each token, the index of its clause, of its sentence, and of its run of clauses
+        with one subject (a clause that goes on with "and wants ..." keeps the subject)."""
         n = len(t)
         clauses: list[int] = []
         sentences: list[int] = []
-        clause = sentence = 0
+        subjects: list[int] = []
+        clause = sentence = subject = 0
         given = 0  # how many tokens have their clause and sentence
         # Only a few words can end a clause (the normaliser marks them): the rest are given
         # their clause a run at a time.
@@ -763,15 +773,18 @@ class ContextReader(Component):
             ends = self._clause_ends(t, i)
             if ends is _NO_END:
                 continue
-            upto = i if ends is _ENDS_BEFORE else i + 1
+            upto = i if ends is _ENDS_BEFORE or ends is _GOES_ON else i + 1
             clauses += [clause] * (upto - given)
             sentences += [sentence] * (upto - given)
+            subjects += [subject] * (upto - given)
             given = upto
             clause += 1
             sentence += ends is _ENDS_SENTENCE
+            subject += ends is not _GOES_ON
         clauses += [clause] * (n - given)
         sentences += [sentence] * (n - given)
-        return clauses, sentences
+        subjects += [subject] * (n - given)
+        return clauses, sentences, subjects
 
     def _clause_ends(self, t: Tokens, i: int) -> int:
         """Whether a clause ends at token i: not at all, before it, after it, or with the
@@ -788,13 +801,15 @@ class ContextReader(Component):
         if norm in CLAUSE_MARKS and self._starts_clause(t, i + 1):
             return _ENDS_AFTER
         if norm == "and" and self._starts_clause(t, i + 1):
-            return _ENDS_BEFORE
+            return _GOES_ON if t.norms[i + 1] in self.same_subject else _ENDS_BEFORE
         return _NO_END
 
     def _starts_clause(self, t: Tokens, i: int) -> bool:
         return i < len(t) and t.norms[i] in self.clause_starters
 
-    def scopes(self, done: Progress, clause: list[int], sentence: list[int]) -> Iterator[_Scope]:
+    def scopes(
+        self, done: Progress, clause: list[int], sentence: list[int], subject: list[int]
+    ) -> Iterator[_Scope]:
         t = done.tokens
         ends = {m.end - 1 for m in done.mentions}
         matches = done.cues  # found by the targets
@@ -816,7 +831,12 @@ class ContextReader(Component):
             taken.update((i, kind) for i in span)
             # A forward scope runs in the clause where the trigger ends: "Partner still smokes"
             # holds a terminator, yet the smoking is still the partner's.
-            bounds = sentence if trigger.reach == "sentence" else clause
+            # Someone else's scope runs on while the subject does ("my cousin got out and
+            # wants to use"); back from the trigger, it stops where the clause does.
+            runs_on = trigger.category == "other" and trigger.direction == "forward"
+            bounds = subject if runs_on else clause
+            if trigger.reach == "sentence":
+                bounds = sentence
             here = bounds[end - 1] if trigger.direction == "forward" else bounds[start]
             if trigger.direction in ("forward", "both"):
                 if trigger.category == "other":

@@ -356,3 +356,11 @@ def test_reading_a_batch_leaves_garbage_collection_as_it_was() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_someone_elses_clause_goes_on_through_and_with_a_verb() -> None:
+    # The cousin is still the subject after "and wants"; a denial still stops at the "and".
+    cousin = riskset.read("my cousin just got out of prison and wants to use tonight")
+    assert "intends_to_use" not in {f.code for f in cousin.findings}
+    assert "intends_to_use" in {f.code for f in cousin.about_others}
+    assert statuses("denies heroin and wants to use tonight")["intends_to_use"] == {"present"}

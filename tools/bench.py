@@ -33,6 +33,7 @@ SETS = [
     ROOT / "tests" / "narratives" / "fresh9.jsonl",
     ROOT / "tests" / "narratives" / "fresh10.jsonl",
     ROOT / "tests" / "narratives" / "fresh11.jsonl",
+    ROOT / "tests" / "narratives" / "fresh12.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
 
