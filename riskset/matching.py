@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from itertools import compress
 from typing import Any
 
@@ -416,6 +416,7 @@ def _regex_starts(rx: str) -> Starts:
     return Starts(prefixes=frozenset({prefix})) if prefix else Starts(anything=True)
 
 
+@cache  # many patterns share slots ("her|his|my", "..3"): one object each, a smaller snapshot
 def compile_slot(slot: str, norm: Callable[[str], str]) -> Slot:
     optional = slot.endswith("?") and slot != "\\?"
     body = slot[:-1] if optional else slot
@@ -912,8 +913,11 @@ class RuleSet:
         node = self._trie
         for word in phrase:
             node = node.setdefault(word, {})
-        keys: set[str] = node.setdefault(KEYS, set())
-        keys.add(key)
+        # (A tuple, not a set: tens of thousands of phrases end somewhere, nearly all under
+        # one key, and a start-up snapshot loads tuples faster.)
+        keys: tuple[str, ...] = node.get(KEYS, ())
+        if key not in keys:
+            node[KEYS] = (*keys, key)
 
     def __call__(self, t: Tokens) -> list[tuple[str, int, int]]:
         found: dict[tuple[str, int], int] = {}
