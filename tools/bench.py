@@ -34,6 +34,7 @@ SETS = [
     ROOT / "tests" / "narratives" / "fresh10.jsonl",
     ROOT / "tests" / "narratives" / "fresh11.jsonl",
     ROOT / "tests" / "narratives" / "fresh12.jsonl",
+    ROOT / "tests" / "narratives" / "fresh13.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
 
