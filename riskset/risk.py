@@ -36,7 +36,8 @@ STATUS_PREFIX = {
 # Classes whose effects add up to slow breathing: a stack of three is worse than any pair.
 DEPRESSANT_CLASSES = {"opioid", "depressant"}
 # Classes that do not slow breathing: being high on only these is a different danger.
-UPPERS_AND_TRIPS = {"stimulant", "psychedelic", "cannabinoid"}
+# Classes that, on their own, slow breathing little: someone high on only these weighs less.
+UPPERS_AND_TRIPS = {"stimulant", "psychedelic", "cannabinoid", "dissociative"}
 
 
 def substance_ids(findings: Iterable[Finding], status: Status = Status.present) -> list[str]:

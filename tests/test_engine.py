@@ -163,3 +163,12 @@ def test_odd_text_is_read(text: str) -> None:
     for f in a.findings:
         if f.start is not None:
             assert text[f.start : f.end] == f.text
+
+
+def test_high_on_ketamine_alone_weighs_less_than_high_on_downers() -> None:
+    # Ketamine slows breathing less than downers do; with a downer it counts in full.
+    def weights(text: str) -> dict[str, int]:
+        return {r.factor: r.weight for r in assess(text).overdose_risk.reasons}
+
+    assert weights("in a k hole rn, did a few bumps of ket")["intoxicated_now_uppers"] == 1
+    assert weights("did a few bumps of ket n a couple bars, nodding hard rn")["intoxicated_now"] == 2

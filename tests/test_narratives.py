@@ -123,12 +123,20 @@ FLOORS = {
         "risk_agreement": 0.92,
         "plan_recall": 0.94,
     },
+    # Written blind in session 7 (text and chat messages that call for a plan; rarely heard
+    # voices); read 0.801 F1 (60 negation errors) before it was tuned on.
+    "fresh13.jsonl": {
+        "f1": 0.85,
+        "negation_errors": 47,
+        "risk_agreement": 0.80,
+        "plan_recall": 0.90,
+    },
     # Never inspected: only its figures are ever looked at.
     "blind.jsonl": {
         "f1": 0.88,
         "negation_errors": 25,
-        "risk_agreement": 0.86,
-        "plan_recall": 0.87,
+        "risk_agreement": 0.87,
+        "plan_recall": 0.91,
     },
 }
 
