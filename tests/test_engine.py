@@ -171,4 +171,5 @@ def test_high_on_ketamine_alone_weighs_less_than_high_on_downers() -> None:
         return {r.factor: r.weight for r in assess(text).overdose_risk.reasons}
 
     assert weights("in a k hole rn, did a few bumps of ket")["intoxicated_now_uppers"] == 1
-    assert weights("did a few bumps of ket n a couple bars, nodding hard rn")["intoxicated_now"] == 2
+    with_bars = weights("did a few bumps of ket n a couple bars, nodding hard rn")
+    assert with_bars["intoxicated_now"] == 2
