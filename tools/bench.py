@@ -35,6 +35,7 @@ SETS = [
     ROOT / "tests" / "narratives" / "fresh11.jsonl",
     ROOT / "tests" / "narratives" / "fresh12.jsonl",
     ROOT / "tests" / "narratives" / "fresh13.jsonl",
+    ROOT / "tests" / "narratives" / "fresh14.jsonl",
     ROOT / "tests" / "narratives" / "blind.jsonl",
 ]
 
