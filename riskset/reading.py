@@ -787,8 +787,9 @@ class ContextReader(Component):
         return clauses, sentences, subjects
 
     def _clause_ends(self, t: Tokens, i: int) -> int:
-        """Whether a clause ends at token i: not at all, before it, after it, or with the
-        sentence after it."""
+        """Whether a clause ends at token i: not at all, before it, after it, with the
+        sentence after it, or before it with the subject going on. Only words that
+        ``may_end_clause`` marks can end one: the two must agree."""
         norm = t.norms[i]
         text = t.texts[i]
         if norm in SENTENCE_ENDS or ((text[-1] == "." or "\n" in text) and _ends_sentence(t, i)):

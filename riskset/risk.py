@@ -35,8 +35,8 @@ STATUS_PREFIX = {
 }
 # Classes whose effects add up to slow breathing: a stack of three is worse than any pair.
 DEPRESSANT_CLASSES = {"opioid", "depressant"}
-# Classes that do not slow breathing: being high on only these is a different danger.
-# Classes that, on their own, slow breathing little: someone high on only these weighs less.
+# Classes that, on their own, slow breathing little: being high on only these is a different
+# danger, and weighs less.
 UPPERS_AND_TRIPS = {"stimulant", "psychedelic", "cannabinoid", "dissociative"}
 
 

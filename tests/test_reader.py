@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -364,3 +367,19 @@ def test_someone_elses_clause_goes_on_through_and_with_a_verb() -> None:
     assert "intends_to_use" not in {f.code for f in cousin.findings}
     assert "intends_to_use" in {f.code for f in cousin.about_others}
     assert statuses("denies heroin and wants to use tonight")["intends_to_use"] == {"present"}
+
+
+def test_clause_bounds_looking_only_at_marked_words_agree_with_looking_at_all() -> None:
+    # The normaliser marks the words that may end a clause, so clause_bounds skips the rest;
+    # a word the mark misses would silently merge two clauses.
+    from riskset.matching import Tokens
+    from riskset.reading import load, progress
+
+    nlp = load()
+    context = nlp.get_pipe("riskset_context")
+    path = Path(__file__).parent / "narratives" / "fresh13.jsonl"
+    texts = [json.loads(line)["text"] for line in path.read_text(encoding="utf-8").splitlines()]
+    for text in texts:
+        t = progress(nlp(text)).tokens
+        unmarked = Tokens(t.norms, t.texts, t.like_num, t.is_title)
+        assert context.clause_bounds(t) == context.clause_bounds(unmarked), text
